@@ -1,0 +1,102 @@
+"""Logging: structlog, configured once per process; JSON off a terminal, readable on one.
+
+Context (``run_id``, ``candidate``, ``actor``) is bound with ``structlog.contextvars`` and merged
+into every event. Secrets never reach a log: values under secret-looking keys, values equal to a
+registered secret, and strings shaped like API keys are masked before rendering.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from flakebot.settings import LogFormat, LogLevel
+
+MASK = "***"
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)", re.IGNORECASE)
+_KEY_SHAPED = re.compile(r"\b(gsk_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,})\b")
+
+
+class SecretMasker:
+    """A structlog processor that masks secrets in every event."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = {secret for secret in secrets if len(secret) >= 8}
+
+    def add(self, secret: str) -> None:
+        if len(secret) >= 8:
+            self._secrets.add(secret)
+
+    def mask_text(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return _KEY_SHAPED.sub(MASK, text)
+
+    def _mask(self, key: str, value: object) -> object:
+        if _SECRET_KEY.search(key) and value is not None:
+            return MASK
+        if isinstance(value, str):
+            return self.mask_text(value)
+        if isinstance(value, dict):
+            return {k: self._mask(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._mask("", item) for item in value]
+        return value
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        return {key: self._mask(key, value) for key, value in event_dict.items()}
+
+
+MASKER = SecretMasker()
+
+
+def configure_logging(
+    level: LogLevel = "info",
+    log_format: LogFormat = "auto",
+    *,
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Configure structlog for this process; call once at start (and in each Ray worker)."""
+    out = sys.stderr if stream is None else stream
+    for secret in secrets:
+        MASKER.add(secret)
+    use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        MASKER,
+    ]
+    if use_json:
+        processors.append(structlog.processors.format_exc_info)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def bind_context(**context: str | int | None) -> None:
+    """Bind context (run_id, candidate, actor) to every later event in this task or thread."""
+    structlog.contextvars.bind_contextvars(**context)
+
+
+def clear_context() -> None:
+    structlog.contextvars.clear_contextvars()
+

@@ -1,0 +1,104 @@
+"""Nix behind a narrow interface: offline flake builds and deleting our own store paths by name.
+
+This machine's Nix (2.8, Debian's nix-bin) needs flakes switched on per command, no substituters
+(there is no network), and, as root without a `nixbld` group, an empty `build-users-group`. Builds
+stay sandboxed; host paths a build needs (a shell, libc, a toolchain) are bound in explicitly.
+Store paths are removed by name, never by a global collection, which would also delete unrooted
+paths that are not ours. Deletion uses `nix-store --delete`: Nix 2.8's `nix store delete` reads a
+`.drv` path as "the outputs of this derivation" and tries to build it instead of deleting it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from flakebot.errors import CommandFailed
+from flakebot.proc import run, which
+
+log = structlog.get_logger()
+
+NIX_HINT = "apt-get install nix-bin (or run ./bootstrap.sh)"
+EXPERIMENTAL = ["--extra-experimental-features", "nix-command flakes"]
+# What a sandboxed builder needs from the host to run /bin/sh and dynamically linked programs.
+BASE_SANDBOX_PATHS = ("/bin/sh", "/lib", "/lib64", "/usr")
+
+
+def offline_options(sandbox_paths: Sequence[str] = BASE_SANDBOX_PATHS) -> list[str]:
+    """Flags for a build with no network, as root, with host paths bound into the sandbox."""
+    options = [
+        "--option", "substituters", "",
+        "--option", "build-users-group", "",
+    ]  # fmt: skip
+    if sandbox_paths:
+        options += ["--option", "extra-sandbox-paths", " ".join(sandbox_paths)]
+    return options
+
+
+def current_system() -> str:
+    """This machine's Nix system string, e.g. x86_64-linux."""
+    machine = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return f"{arch}-{platform.system().lower()}"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    drv_path: str
+    out_paths: dict[str, str]
+
+
+class Nix:
+    """The `nix` command, with this machine's flags."""
+
+    def __init__(self, program: str = "nix", *, path: str | None = None) -> None:
+        self.program = which(program, path=path, hint=NIX_HINT)
+        self.nix_store = str(Path(self.program).with_name("nix-store"))
+
+    def _argv(self, *args: str) -> list[str]:
+        return [self.program, *EXPERIMENTAL, *args]
+
+    def version(self) -> str:
+        done = run(self._argv("--version"), timeout=30).check(hint=NIX_HINT)
+        return done.stdout.strip().removeprefix("nix (Nix) ")
+
+    def build(
+        self,
+        flake_ref: str,
+        *,
+        sandbox_paths: Sequence[str] = BASE_SANDBOX_PATHS,
+        timeout: float = 1_800,
+        out_link: Path | None = None,
+    ) -> BuildResult:
+        """`nix build` offline; returns the derivation and its output paths."""
+        link = ["--out-link", str(out_link)] if out_link is not None else ["--no-link"]
+        argv = self._argv(
+            "build", *offline_options(sandbox_paths), *link, "--json", "--print-build-logs", flake_ref
+        )
+        done = run(argv, timeout=timeout)
+        if not done.ok:
+            raise CommandFailed(argv, done.returncode, done.stderr[-4_000:])
+        built = json.loads(done.stdout)[0]
+        log.debug("flake_built", flake_ref=flake_ref, seconds=round(done.seconds, 2))
+        return BuildResult(drv_path=built["drvPath"], out_paths=dict(built["outputs"]))
+
+    def source_path(self, flake_ref: str) -> str:
+        """The store path holding the flake's source (what `path:` copied into the store)."""
+        argv = self._argv("flake", "metadata", *offline_options(()), "--json", flake_ref)
+        done = run(argv, timeout=120).check()
+        path: str = json.loads(done.stdout)["path"]
+        return path
+
+    def delete(self, store_paths: Sequence[str]) -> list[str]:
+        """Delete these store paths (and nothing else); returns those that were deleted."""
+        present = [path for path in store_paths if Path(path).exists()]
+        if not present:
+            return []
+        argv = [self.nix_store, *offline_options(()), "--delete", *present]
+        run(argv, timeout=300).check(hint="a path still rooted or in use cannot be deleted")
+        return [path for path in present if not Path(path).exists()]
