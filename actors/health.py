@@ -7,6 +7,7 @@ so that the doctor's own process never holds a Ray cluster.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 
@@ -18,7 +19,9 @@ from messages import ToolRequest
 @ray.remote(num_cpus=0)
 def echo(request: ToolRequest) -> ToolRequest:
     """Returns the message it was given, so the round trip proves messages pass through Ray."""
-    return request.model_copy(update={"requested_by": f"node:{ray.get_runtime_context().get_node_id()}"})
+    return request.model_copy(
+        update={"requested_by": f"node:{ray.get_runtime_context().get_node_id()}"}
+    )
 
 
 def main() -> int:
@@ -28,7 +31,7 @@ def main() -> int:
         num_cpus=1,
         include_dashboard=False,
         log_to_driver=False,
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
     )
     start_s = time.monotonic() - started
     try:
@@ -37,7 +40,7 @@ def main() -> int:
         if not isinstance(returned, ToolRequest) or returned.text != sent.text:
             print(f"a message did not survive the round trip: {returned!r}", file=sys.stderr)
             return 1
-        nodes = sum(1 for node in ray.nodes() if node["Alive"])
+        nodes = len([node for node in ray.nodes() if node["Alive"]])  # type: ignore[no-untyped-call]
     finally:
         ray.shutdown()
     print(

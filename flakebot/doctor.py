@@ -128,8 +128,6 @@ class Doctor:
         return f"{done.stdout.strip()} ({binary})"
 
     def check_python(self) -> str:
-        if sys.version_info < (3, 11):
-            raise _CheckFailed(f"Python {sys.version.split()[0]} is too old", "use Python 3.11+")
         return f"Python {sys.version.split()[0]} ({sys.executable})"
 
     def check_home(self) -> str:
@@ -177,7 +175,9 @@ class Doctor:
             port = str(server.getsockname()[1])
             control = run([sys.executable, "-c", _NET_PROBE, port], timeout=30)
             if "reached" not in control.stdout:
-                raise _CheckFailed(f"the network probe failed outside the sandbox: {control.stdout}")
+                raise _CheckFailed(
+                    f"the network probe failed outside the sandbox: {control.stdout}"
+                )
             sandboxed = run(
                 [
                     bwrap, "--unshare-net", "--die-with-parent", "--ro-bind", "/", "/",

@@ -99,4 +99,3 @@ def bind_context(**context: str | int | None) -> None:
 
 def clear_context() -> None:
     structlog.contextvars.clear_contextvars()
-

@@ -78,7 +78,12 @@ class Nix:
         """`nix build` offline; returns the derivation and its output paths."""
         link = ["--out-link", str(out_link)] if out_link is not None else ["--no-link"]
         argv = self._argv(
-            "build", *offline_options(sandbox_paths), *link, "--json", "--print-build-logs", flake_ref
+            "build",
+            *offline_options(sandbox_paths),
+            *link,
+            "--json",
+            "--print-build-logs",
+            flake_ref,
         )
         done = run(argv, timeout=timeout)
         if not done.ok:

@@ -7,6 +7,7 @@ only the tail of the output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import structlog
 from flakebot.errors import CommandFailed, CommandTimedOut, ToolMissing
 
 log = structlog.get_logger()
+
 
 @dataclass(frozen=True)
 class Completed:
@@ -39,7 +41,9 @@ class Completed:
     def check(self, *, hint: str | None = None) -> Completed:
         """Raise CommandFailed unless the program exited 0."""
         if not self.ok:
-            raise CommandFailed(self.argv, self.returncode, tail(self.stderr or self.stdout), hint=hint)
+            raise CommandFailed(
+                self.argv, self.returncode, tail(self.stderr or self.stdout), hint=hint
+            )
         return self
 
 
@@ -101,7 +105,5 @@ def run(
 
 
 def _kill_group(child: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -1,15 +1,13 @@
-"""Settings, read once from the environment (or a mapping in tests) and validated.
+"""Settings, read once from the environment (or a mapping, in tests) and validated.
 
-| variable            | meaning                                            | default                          |
-|---------------------|----------------------------------------------------|----------------------------------|
-| FLAKEBOT_HOME       | journal, workspaces, GC roots, registry index      | $XDG_DATA_HOME/flakebot, else    |
-|                     |                                                    | ~/.local/share/flakebot          |
-| FLAKEBOT_REGISTRY   | local | local:DIR | crates-io | crates-io:URL      | local:/usr/share/cargo/registry  |
-| FLAKEBOT_MODEL      | groq:NAME | openai:URL#NAME | scripted:FILE        | unset: structured specs only     |
-| GROQ_API_KEY        | key for groq: models; never logged or sandboxed   | unset                            |
-| FLAKEBOT_CONTACT    | contact in the crates.io User-Agent                | the project's URL                |
-| FLAKEBOT_LOG_LEVEL  | debug | info | warning | error                     | info                             |
-| FLAKEBOT_LOG_FORMAT | auto | json | console                            | auto (console on a terminal)     |
+FLAKEBOT_HOME        journal, workspaces, GC roots, index ($XDG_DATA_HOME/flakebot or
+                     ~/.local/share/flakebot)
+FLAKEBOT_REGISTRY    local | local:DIR | crates-io | crates-io:URL (local:/usr/share/cargo/registry)
+FLAKEBOT_MODEL       groq:NAME | openai:URL#NAME | scripted:FILE (unset: structured specs only)
+GROQ_API_KEY         the key for groq: models; never logged, sandboxed or written to a manifest
+FLAKEBOT_CONTACT     the contact in the crates.io User-Agent
+FLAKEBOT_LOG_LEVEL   debug | info | warning | error (info)
+FLAKEBOT_LOG_FORMAT  auto | json | console (auto: console on a terminal, else JSON)
 """
 
 from __future__ import annotations
@@ -80,7 +78,9 @@ def parse_registry(text: str) -> RegistryRef:
     if source == "crates-io":
         url = rest if sep and rest else CRATES_IO_API
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"crates.io URL {url!r} must start with http:// or https://", hint=usage)
+            raise ConfigError(
+                f"crates.io URL {url!r} must start with http:// or https://", hint=usage
+            )
         return RegistryRef(source="crates-io", location=url.rstrip("/"))
     raise ConfigError(f"unknown registry {text!r}", hint=usage)
 

@@ -80,7 +80,9 @@ class EditProposal(Message):
 class Diagnostic(Part):
     """One compiler or clippy message."""
 
-    level: Literal["error", "warning", "note", "help", "failure-note", "error: internal compiler error"]
+    level: Literal[
+        "error", "warning", "note", "help", "failure-note", "error: internal compiler error"
+    ]
     code: str | None = Field(default=None, description="e.g. E0308 or clippy::needless_return")
     message: str
     file: str | None = None
@@ -130,7 +132,7 @@ class TestReport(Message):
 
     @property
     def green(self) -> bool:
-        """Every stage that ran passed (a skipped stage, like clippy when absent, does not count)."""
+        """Every stage that ran passed; a skipped stage (clippy when absent) does not count."""
         ran = [stage for stage in self.stages if stage.status != "skipped"]
         return bool(ran) and all(stage.status == "passed" for stage in ran)
 

@@ -1,4 +1,4 @@
-"""Finding and forking crates: the scout's query, its ranked candidates, and the forked workspace."""
+"""Finding and forking crates: the scout's query, its ranked candidates, the forked workspace."""
 
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ class Workspace(Message):
     head_commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
     origin: Literal["upstream-clone", "registry-source"]
     upstream_url: str | None = None
-    target_dir: str = Field(description="Cargo's target dir, shared per (crate, version, toolchain).")
+    target_dir: str = Field(
+        description="Cargo's target dir, shared per (crate, version, toolchain)."
+    )
     bin_names: list[str] = Field(default_factory=list)
     manifest_path: RelativePath = "Cargo.toml"
     pruned: list[PrunedItem] = Field(default_factory=list)

@@ -35,7 +35,9 @@ class Deployment(Message):
 
     kind: Literal["deployment"] = "deployment"
     candidate_id: CandidateId
-    flake_ref: str = Field(description="What `nix run` and `nix build` take, e.g. path:/...#default")
+    flake_ref: str = Field(
+        description="What `nix run` and `nix build` take, e.g. path:/...#default"
+    )
     system: str = Field(description="The Nix system, e.g. x86_64-linux.")
     store_path: StorePath
     bin_path: str

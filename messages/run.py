@@ -18,7 +18,7 @@ Scalar = str | int | float | bool | None
 
 
 class StepFailed(Message):
-    """A step of the plan failed; says whose step owns the failure so the supervisor can backtrack."""
+    """A step failed; names the step that owns the failure so the supervisor can backtrack."""
 
     kind: Literal["step_failed"] = "step_failed"
     candidate_id: CandidateId | None = None

@@ -86,9 +86,9 @@ class ToolSpec(Message):
     )
     acceptance: list[AcceptanceCase] = Field(default_factory=list)
     service: ServiceSettings | None = None
-    preferred_crates: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]] = (
-        Field(default_factory=list, description="Crates to try first when the registry has them.")
-    )
+    preferred_crates: list[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
+    ] = Field(default_factory=list, description="Crates to try first when the registry has them.")
 
     @model_validator(mode="after")
     def _kind_matches_settings(self) -> ToolSpec:

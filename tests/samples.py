@@ -63,7 +63,9 @@ REPORT = m.TestReport(
             duration_s=3.0,
             exit_code=101,
             tests=[
-                m.TestCaseResult(name="acceptance::dumps_stdin", status="failed", output="left != right"),
+                m.TestCaseResult(
+                    name="acceptance::dumps_stdin", status="failed", output="left != right"
+                ),
                 m.TestCaseResult(name="squeeze", status="passed", duration_s=0.01),
             ],
         ),
@@ -85,7 +87,9 @@ SAMPLES: dict[str, m.Message] = {
         run_id=RUN, text="I need a hex viewer that prints plain ASCII", requested_by="agent-7"
     ),
     "tool_spec": SPEC,
-    "crate_query": m.CrateQuery(run_id=RUN, queries=["hex viewer"], registry=DEBIAN, bins_only=True),
+    "crate_query": m.CrateQuery(
+        run_id=RUN, queries=["hex viewer"], registry=DEBIAN, bins_only=True
+    ),
     "crate_candidate": m.CrateCandidate(
         run_id=RUN,
         candidate_id="c1-hexyl",

@@ -1,0 +1,69 @@
+"""External programs: no shell, a time limit that kills the whole group, readable failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flakebot.errors import CommandFailed, CommandTimedOut, ToolMissing
+from flakebot.proc import run, which
+
+
+def test_runs_argv_without_a_shell() -> None:
+    done = run(["echo", "$HOME; rm -rf /"], timeout=10)
+    assert done.ok and done.stdout == "$HOME; rm -rf /\n"
+
+
+def test_passes_stdin_and_env(tmp_path: Path) -> None:
+    done = run(
+        [sys.executable, "-c", "import os, sys; print(sys.stdin.read() + os.environ['X'])"],
+        timeout=30,
+        env={"X": "-env"},
+        stdin="in",
+        cwd=tmp_path,
+    )
+    assert done.stdout.strip() == "in-env"
+
+
+def test_failure_names_the_command_and_tail() -> None:
+    done = run([sys.executable, "-c", "import sys; sys.exit('boom')"], timeout=30)
+    with pytest.raises(CommandFailed) as caught:
+        done.check(hint="try again")
+    assert caught.value.returncode == 1
+    assert "boom" in str(caught.value) and "try again" in str(caught.value)
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    with pytest.raises(CommandTimedOut) as caught:
+        run([sys.executable, "-c", script], timeout=2)
+    assert time.monotonic() - started < 30
+    assert caught.value.returncode is None
+    grandchild = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"grandchild {grandchild} survived the timeout")
+
+
+def test_missing_program_is_tool_missing() -> None:
+    with pytest.raises(ToolMissing, match="no-such-program-xyz is not installed"):
+        run(["no-such-program-xyz"], timeout=5)
+    with pytest.raises(ToolMissing) as caught:
+        which("no-such-program-xyz", path="/nonexistent", hint="apt-get install it")
+    assert caught.value.hint == "apt-get install it"
