@@ -181,13 +181,17 @@ class Doctor:
             sandboxed = run(
                 [
                     bwrap, "--unshare-net", "--die-with-parent", "--ro-bind", "/", "/",
-                    "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+                    "--dev", "/dev", "--proc", "/proc",
                     sys.executable, "-c", _NET_PROBE, port,
                 ],
                 timeout=30,
             )  # fmt: skip
         if not sandboxed.ok:
-            raise _CheckFailed(f"bwrap could not start a sandbox: {tail(sandboxed.stderr, 400)}")
+            raise _CheckFailed(
+                f"bwrap could not start a sandbox: {tail(sandboxed.stderr, 400)}",
+                "bwrap needs root or unprivileged user namespaces "
+                "(sysctl kernel.unprivileged_userns_clone=1); try `bwrap --ro-bind / / true`",
+            )
         seen = sandboxed.stdout.strip()
         if not seen.startswith("blocked"):
             raise _CheckFailed(f"a sandboxed process reached the network: {seen}")
