@@ -1,0 +1,313 @@
+"""Reading a published crate's Cargo.toml: metadata, targets, and the dependencies a build needs.
+
+Crates in a directory registry (Debian's, or `cargo vendor` output) carry the normalised manifest
+that `cargo publish` wrote. From it and the crate's files this module finds the library and binary
+targets the way cargo's target auto-discovery does, and the dependencies a default build of the
+crate on this host resolves: normal and build dependencies, optional ones only when the default
+features enable them, and target-specific ones only when their `cfg(...)` holds here.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from flakebot.errors import FlakebotError
+
+README_CHARS = 20_000
+DepKind = Literal["normal", "build", "dev"]
+
+
+class ManifestError(FlakebotError):
+    """A crate's Cargo.toml is missing, is not TOML, or lacks a name and version."""
+
+
+@dataclass(frozen=True)
+class Dependency:
+    name: str  # the package name in the registry (after `package = ...` renames)
+    req: str
+    kind: DepKind
+    optional: bool = False
+    enabled_by_default: bool = False
+    key: str = ""  # the name features use for it (the table key); defaults to `name`
+    default_features: bool = True
+    features: tuple[str, ...] = ()
+
+    @property
+    def feature_key(self) -> str:
+        return self.key or self.name
+
+
+@dataclass(frozen=True)
+class CrateRecord:
+    name: str
+    version: str
+    path: Path
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    license: str | None = None
+    repository: str | None = None
+    readme: str = ""
+    bin_names: tuple[str, ...] = ()
+    has_lib: bool = False
+    dependencies: tuple[Dependency, ...] = field(default=())
+    features: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def build_dependencies(self) -> tuple[Dependency, ...]:
+        """What a default build of this crate needs from the registry (no dev-dependencies)."""
+        return tuple(
+            dep
+            for dep in self.dependencies
+            if dep.kind != "dev" and (not dep.optional or dep.enabled_by_default)
+        )
+
+
+def read_crate(path: Path) -> CrateRecord:
+    """Read the crate unpacked at `path`; raises ManifestError when its Cargo.toml is unusable."""
+    manifest_path = path / "Cargo.toml"
+    try:
+        manifest = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{manifest_path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{manifest_path} is not valid TOML: {exc}") from None
+    package = manifest.get("package")
+    if not isinstance(package, dict):
+        raise ManifestError(f"{manifest_path} has no [package] (a virtual workspace manifest?)")
+    name, version = package.get("name"), package.get("version")
+    if not isinstance(name, str) or not isinstance(version, str):
+        raise ManifestError(f"{manifest_path} lacks a string package.name and package.version")
+    return CrateRecord(
+        name=name,
+        version=version,
+        path=path,
+        description=" ".join(_text(package.get("description")).split()),
+        keywords=_strings(package.get("keywords")),
+        categories=_strings(package.get("categories")),
+        license=_text(package.get("license")) or None,
+        repository=_text(package.get("repository")) or None,
+        readme=_readme(path, package.get("readme")),
+        bin_names=_bin_names(path, name, manifest),
+        has_lib=_has_lib(path, manifest),
+        dependencies=_dependencies(manifest),
+        features=_features(manifest),
+    )
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(item for item in value if isinstance(item, str))
+
+
+def _readme(path: Path, setting: object) -> str:
+    if setting is False:
+        return ""
+    candidates = [setting] if isinstance(setting, str) else ["README.md", "README", "README.txt"]
+    for candidate in candidates:
+        readme = path / str(candidate)
+        if readme.is_file() and readme.resolve().is_relative_to(path.resolve()):
+            with readme.open(encoding="utf-8", errors="replace") as handle:
+                return handle.read(README_CHARS)
+    return ""
+
+
+def _bin_names(path: Path, package_name: str, manifest: dict[str, object]) -> tuple[str, ...]:
+    names: list[str] = []
+    explicit_paths: set[str] = set()
+    bins = manifest.get("bin")
+    for entry in bins if isinstance(bins, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            names.append(entry["name"])
+            if isinstance(entry.get("path"), str):
+                explicit_paths.add(str(Path(entry["path"])))
+    package = manifest.get("package")
+    autobins = package.get("autobins", True) if isinstance(package, dict) else True
+    if autobins is not False:
+        discovered: list[tuple[str, str]] = []
+        if (path / "src" / "main.rs").is_file():
+            discovered.append((package_name, "src/main.rs"))
+        bin_dir = path / "src" / "bin"
+        if bin_dir.is_dir():
+            for entry in sorted(bin_dir.iterdir()):
+                if entry.suffix == ".rs" and entry.is_file():
+                    discovered.append((entry.stem, f"src/bin/{entry.name}"))
+                elif (entry / "main.rs").is_file():
+                    discovered.append((entry.name, f"src/bin/{entry.name}/main.rs"))
+        for name, relative in discovered:
+            if name not in names and relative not in explicit_paths:
+                names.append(name)
+    return tuple(names)
+
+
+def _has_lib(path: Path, manifest: dict[str, object]) -> bool:
+    if isinstance(manifest.get("lib"), dict):
+        return True
+    package = manifest.get("package")
+    autolib = package.get("autolib", True) if isinstance(package, dict) else True
+    return autolib is not False and (path / "src" / "lib.rs").is_file()
+
+
+def _features(manifest: dict[str, object]) -> dict[str, tuple[str, ...]]:
+    features = manifest.get("features")
+    if not isinstance(features, dict):
+        return {}
+    return {
+        str(name): tuple(item for item in members if isinstance(item, str))
+        for name, members in features.items()
+        if isinstance(members, list)
+    }
+
+
+def enabled_optional(features: dict[str, tuple[str, ...]], roots: list[str]) -> set[str]:
+    """Keys of the optional dependencies that features `roots` turn on, transitively.
+
+    A name that is not a feature is an optional dependency's implicit feature. `x/f` turns on x
+    (the feature f of x is not followed); `x?/f` does not turn x on.
+    """
+    table = features
+    enabled: set[str] = set()
+    seen: set[str] = set()
+    pending = list(roots)
+    while pending:
+        feature = pending.pop()
+        if feature in seen:
+            continue
+        seen.add(feature)
+        members = table.get(feature)
+        if members is None:
+            enabled.add(feature)  # not a feature: an optional dependency's implicit feature
+            continue
+        for member in members:
+            if not isinstance(member, str):
+                continue
+            if member.startswith("dep:"):
+                enabled.add(member[4:])
+            elif "?/" in member:
+                continue  # enables a feature of x only if x is enabled some other way
+            elif "/" in member:
+                enabled.add(member.split("/", 1)[0])
+            else:
+                pending.append(member)
+    return enabled
+
+
+_SECTIONS: tuple[tuple[str, DepKind], ...] = (
+    ("dependencies", "normal"),
+    ("build-dependencies", "build"),
+    ("dev-dependencies", "dev"),
+)
+
+
+def _dependencies(manifest: dict[str, object]) -> tuple[Dependency, ...]:
+    default_on = enabled_optional(_features(manifest), ["default"])
+    tables: list[tuple[dict[str, object], DepKind]] = []
+    for section, kind in _SECTIONS:
+        table = manifest.get(section)
+        if isinstance(table, dict):
+            tables.append((table, kind))
+    targets = manifest.get("target")
+    for target, spec in (targets if isinstance(targets, dict) else {}).items():
+        if isinstance(spec, dict) and target_applies(str(target)):
+            for section, kind in _SECTIONS:
+                table = spec.get(section)
+                if isinstance(table, dict):
+                    tables.append((table, kind))
+    found: list[Dependency] = []
+    for table, kind in tables:
+        for key, spec in table.items():
+            if isinstance(spec, str):
+                found.append(Dependency(name=key, req=spec, kind=kind, key=key))
+            elif isinstance(spec, dict):
+                if ("path" in spec and "version" not in spec) or "git" in spec:
+                    continue  # not from a registry
+                package = spec.get("package")
+                optional = spec.get("optional") is True
+                found.append(
+                    Dependency(
+                        name=package if isinstance(package, str) else key,
+                        req=_text(spec.get("version")) or "*",
+                        kind=kind,
+                        optional=optional,
+                        enabled_by_default=optional and key in default_on,
+                        key=key,
+                        default_features=spec.get(
+                            "default-features", spec.get("default_features", True)
+                        )
+                        is not False,
+                        features=_strings(spec.get("features")),
+                    )
+                )
+    return tuple(found)
+
+
+def _host_cfg() -> dict[str, set[str]]:
+    machine = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return {
+        "target_os": {"linux"},
+        "target_family": {"unix"},
+        "target_arch": {arch},
+        "target_env": {"gnu"},
+        "target_vendor": {"unknown"},
+        "target_pointer_width": {"64"},
+        "target_endian": {"little"},
+        "flags": {"unix"},
+    }
+
+
+_CFG_TOKEN = re.compile(
+    r'\s*(?:(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<str>"[^"]*")|(?P<punct>[(),=]))'
+)
+
+
+def target_applies(target: str) -> bool:
+    """Does a `[target.X]` table apply to this host? X is a triple or a `cfg(...)` expression."""
+    if not target.startswith("cfg("):
+        machine = platform.machine().lower()
+        return target.startswith(machine) and "linux" in target
+    tokens = [m.group().strip() for m in _CFG_TOKEN.finditer(target)]
+    host = _host_cfg()
+    position = 0
+
+    def expression() -> bool:
+        nonlocal position
+        name = tokens[position]
+        position += 1
+        if (
+            name in ("all", "any", "not", "cfg")
+            and position < len(tokens)
+            and tokens[position] == "("
+        ):
+            position += 1
+            values: list[bool] = []
+            while tokens[position] != ")":
+                values.append(expression())
+                if tokens[position] == ",":
+                    position += 1
+            position += 1
+            if name == "not":
+                return not values[0]
+            if name == "any":
+                return any(values)
+            return all(values)  # all(...) and cfg(...)
+        if position < len(tokens) and tokens[position] == "=":
+            value = tokens[position + 1].strip('"')
+            position += 2
+            return value in host.get(name, set())
+        return name in host["flags"]
+
+    try:
+        return expression()
+    except IndexError:
+        return False

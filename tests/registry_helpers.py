@@ -1,0 +1,41 @@
+"""Building small directory registries for tests: copies of Debian's crates and hand-made crates."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+DEBIAN_REGISTRY = Path("/usr/share/cargo/registry")
+
+
+def copy_crates(registry: Path, *directories: str) -> Path:
+    """Copy crates (directory names like `hexyl-0.8.0`) from Debian's registry into `registry`."""
+    registry.mkdir(parents=True, exist_ok=True)
+    for directory in directories:
+        source = DEBIAN_REGISTRY / directory
+        assert source.is_dir(), f"{source} is missing: ./bootstrap.sh installs it"
+        shutil.copytree(source, registry / directory)
+    return registry
+
+
+def make_crate(
+    registry: Path,
+    name: str,
+    version: str,
+    *,
+    extra_toml: str = "",
+    description: str = "",
+    files: dict[str, str] | None = None,
+) -> Path:
+    """Write a crate `name-version` with a [package] table, `extra_toml`, and the given files."""
+    directory = registry / f"{name}-{version}"
+    directory.mkdir(parents=True)
+    (directory / "Cargo.toml").write_text(
+        f'[package]\nname = "{name}"\nversion = "{version}"\n'
+        f'description = "{description}"\nlicense = "MIT"\n{extra_toml}'
+    )
+    for relative, text in (files or {"src/lib.rs": ""}).items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return directory
