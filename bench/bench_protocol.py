@@ -1,4 +1,4 @@
-"""Protocol cost: JSON and pickle round trips of a large TestReport (the biggest message a run sends).
+"""Protocol cost: JSON and pickle round trips of a large TestReport, the biggest message of a run.
 
 Every message goes through the recorder as JSON and through Ray as a pickle, so their cost is paid
 once per step and candidate. Run: .venv/bin/python -m bench.bench_protocol

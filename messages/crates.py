@@ -27,6 +27,9 @@ class CrateQuery(Message):
     )
     registry: RegistryRef
     bins_only: bool = Field(default=False, description="Only crates with a binary target.")
+    prefer_binary: bool = Field(
+        default=False, description="Rank crates with a binary target higher (cli and service)."
+    )
     limit: int = Field(default=5, ge=1, le=100)
     exclude: list[CrateName] = Field(
         default_factory=list, description="Crates already tried in this run; skip them."
