@@ -1,0 +1,177 @@
+"""Pruning what a registry cannot provide: a missing dev-dependency and the targets that use it.
+
+Debian's crate sources lack many dev-dependencies (bat's `assert_cmd`, for one), and cargo will not
+resolve a package, even to build it, while one is missing. A dev-dependency is only needed by
+tests, benches and examples, so removing it together with those that use it leaves a crate that
+builds and keeps the rest of its tests. Cargo.toml is edited with tomlkit (comments and layout
+kept); every removal is returned as a PrunedItem for the Workspace message.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import tomlkit
+from tomlkit.items import AoT, Table
+
+from messages import PrunedItem
+
+_NO_MATCHING = re.compile(r"no matching package (?:named|found)[^`]*`([A-Za-z0-9_-]+)`")
+_NO_VERSION = re.compile(r"failed to select a version for the requirement `([A-Za-z0-9_-]+) = ")
+_TARGET_DIRS = {"tests": "test", "benches": "bench", "examples": "example"}
+_MOD_DECL = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;", re.M)
+
+
+def unresolved_dependency(cargo_stderr: str) -> str | None:
+    """The crate cargo could not find (or find a matching version of), from its error output."""
+    for pattern in (_NO_MATCHING, _NO_VERSION):
+        match = pattern.search(cargo_stderr)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _dev_tables(document: tomlkit.TOMLDocument) -> list[Table]:
+    tables: list[Table] = []
+    for key in ("dev-dependencies", "dev_dependencies"):
+        table = document.get(key)
+        if isinstance(table, Table):
+            tables.append(table)
+    targets = document.get("target")
+    if isinstance(targets, Table):
+        for spec in targets.values():
+            if isinstance(spec, Table):
+                for key in ("dev-dependencies", "dev_dependencies"):
+                    table = spec.get(key)
+                    if isinstance(table, Table):
+                        tables.append(table)
+    return tables
+
+
+def _keys_for(table: Table, crate: str) -> list[str]:
+    keys = []
+    for key, spec in table.items():
+        package = spec.get("package") if isinstance(spec, Table | dict) else None
+        if key == crate or package == crate:
+            keys.append(str(key))
+    return keys
+
+
+def _is_normal_dependency(document: tomlkit.TOMLDocument, crate: str) -> bool:
+    sections = [document.get("dependencies"), document.get("build-dependencies")]
+    targets = document.get("target")
+    if isinstance(targets, Table):
+        for spec in targets.values():
+            if isinstance(spec, Table):
+                sections += [spec.get("dependencies"), spec.get("build-dependencies")]
+    return any(isinstance(section, Table) and _keys_for(section, crate) for section in sections)
+
+
+def prune_dev_dependency(root: Path, crate: str, *, reason: str) -> list[PrunedItem]:
+    """Remove dev-dependency `crate` and the test/bench/example targets using it.
+
+    Returns what was removed; empty when `crate` is not (only) a dev-dependency of this package.
+    """
+    manifest_path = root / "Cargo.toml"
+    document = tomlkit.parse(manifest_path.read_text())
+    if _is_normal_dependency(document, crate):
+        return []
+    keys: list[str] = []
+    for table in _dev_tables(document):
+        for key in _keys_for(table, crate):
+            del table[key]
+            keys.append(key)
+    if not keys:
+        return []
+    pruned = [PrunedItem(what="dev-dependency", name=crate, reason=reason)]
+    identifiers = {key.replace("-", "_") for key in keys} | {crate.replace("-", "_")}
+    for relative in _targets_using(root, identifiers):
+        kind = _TARGET_DIRS[relative.split("/", 1)[0]]
+        target_file = root / relative
+        if target_file.name == "main.rs":
+            shutil.rmtree(target_file.parent)
+        else:
+            target_file.unlink()
+        _drop_manifest_target(document, kind, relative)
+        pruned.append(PrunedItem(what=kind, name=relative, reason=f"uses {crate}"))
+    if _unit_tests_use(root, identifiers) and _disable_lib_tests(document):
+        pruned.append(
+            PrunedItem(what="test", name="lib unit tests", reason=f"src/ tests use {crate}")
+        )
+    manifest_path.write_text(tomlkit.dumps(document))
+    return pruned
+
+
+def _unit_tests_use(root: Path, identifiers: set[str]) -> bool:
+    """Does the library's source (outside src/bin and src/main.rs) name any identifier?"""
+    uses = re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, identifiers))) + r")\b")
+    source = root / "src"
+    for path in source.rglob("*.rs") if source.is_dir() else []:
+        relative = path.relative_to(source)
+        if relative.parts[0] == "bin" or relative == Path("main.rs"):
+            continue
+        if uses.search(path.read_text(errors="replace")):
+            return True
+    return False
+
+
+def _disable_lib_tests(document: tomlkit.TOMLDocument) -> bool:
+    """Set `[lib] test = false`; returns False when it was already off."""
+    library = document.get("lib")
+    if not isinstance(library, Table):
+        library = tomlkit.table()
+        document["lib"] = library
+    if library.get("test") is False:
+        return False
+    library["test"] = False
+    return True
+
+
+def _targets_using(root: Path, identifiers: set[str]) -> list[str]:
+    """Target root files under tests/, benches/, examples/ whose code names any identifier."""
+    uses = re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, identifiers))) + r")\b")
+    found = []
+    for directory in _TARGET_DIRS:
+        base = root / directory
+        if not base.is_dir():
+            continue
+        roots = sorted(base.glob("*.rs")) + sorted(base.glob("*/main.rs"))
+        for target in roots:
+            files = [target, *_declared_modules(target)]
+            if any(uses.search(path.read_text(errors="replace")) for path in files):
+                found.append(str(target.relative_to(root)))
+    return found
+
+
+def _declared_modules(target: Path) -> list[Path]:
+    """Files of the modules `target` declares with `mod name;`, and everything under them."""
+    files: list[Path] = []
+    for name in _MOD_DECL.findall(target.read_text(errors="replace")):
+        for candidate in (target.parent / f"{name}.rs", target.parent / name / "mod.rs"):
+            if candidate.is_file():
+                files.append(candidate)
+        module_dir = target.parent / name
+        if module_dir.is_dir():
+            files.extend(sorted(module_dir.rglob("*.rs")))
+    return files
+
+
+def _drop_manifest_target(document: tomlkit.TOMLDocument, kind: str, relative: str) -> None:
+    entries = document.get(kind)
+    if not isinstance(entries, AoT):
+        return
+    stem = Path(relative).stem if Path(relative).name != "main.rs" else Path(relative).parent.name
+    keep = [
+        entry
+        for entry in entries
+        if entry.get("path") != relative
+        and not (entry.get("path") is None and entry.get("name") == stem)
+    ]
+    if len(keep) != len(entries):
+        document[kind] = tomlkit.aot()
+        for entry in keep:
+            document[kind].append(entry)
+        if not keep:
+            del document[kind]
