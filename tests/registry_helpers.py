@@ -34,6 +34,8 @@ def make_crate(
         f'[package]\nname = "{name}"\nversion = "{version}"\n'
         f'description = "{description}"\nlicense = "MIT"\n{extra_toml}'
     )
+    # A directory registry's crates carry a checksum file; an empty one checks no files.
+    (directory / ".cargo-checksum.json").write_text('{"files": {}, "package": null}')
     for relative, text in (files or {"src/lib.rs": ""}).items():
         path = directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)

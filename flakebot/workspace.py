@@ -1,0 +1,321 @@
+"""Forks: each candidate in its own git workspace (pygit2), made to build offline.
+
+`Forker.fork` makes FLAKEBOT_HOME/workspaces/<run>/<candidate> on branch `flakebot/<run>`: a clone
+of the crate's upstream repository when it is reachable (https or file://, with a time limit) and
+has a tag for the version, otherwise the registry's published source committed as `upstream`. A
+second commit makes it build offline: `.cargo/config.toml` points cargo at the local registry and
+`Cargo.lock` is resolved there. When resolution fails on a dev-dependency the registry lacks, that
+dev-dependency and the tests, benches and examples that use it are pruned, recorded, and
+resolution runs again. Every later attempt is one commit (`commit`), and any can be restored
+(`reset`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pygit2
+import structlog
+
+from flakebot.bundle import read_bundle, write_bundle
+from flakebot.cargo_toml import read_crate
+from flakebot.errors import FlakebotError
+from flakebot.pruning import prune_dev_dependency, unresolved_dependency
+from flakebot.sandbox import Sandbox
+from flakebot.settings import Settings
+from messages import CrateCandidate, PrunedItem, Workspace
+
+log = structlog.get_logger()
+
+AUTHOR = pygit2.Signature("Flakebot", "flakebot@localhost")
+IGNORED_FROM_REGISTRY = shutil.ignore_patterns(".cargo-checksum.json", ".git", "target")
+LOCK_TIMEOUT_S = 300.0
+
+
+class ForkError(FlakebotError):
+    """A candidate cannot be forked into a workspace that builds here."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    commit: str
+    message: str
+
+
+class Forker:
+    """Makes and manages the git workspaces of one Flakebot home."""
+
+    def __init__(self, settings: Settings, sandbox: Sandbox, *, clone_timeout: float = 60.0):
+        self.settings = settings
+        self.sandbox = sandbox
+        self.clone_timeout = clone_timeout
+
+    def workspace_path(self, run_id: str, candidate_id: str) -> Path:
+        return self.settings.workspaces_dir / run_id / candidate_id
+
+    def target_dir(self, name: str, version: str) -> Path:
+        toolchain = hashlib.sha256(self.sandbox.toolchain.version().encode()).hexdigest()[:12]
+        return self.settings.home / "targets" / f"{name}-{version}-{toolchain}"
+
+    def fork(self, candidate: CrateCandidate) -> Workspace:
+        """Fork `candidate`; an existing fork of it in this run is returned as it is."""
+        path = self.workspace_path(candidate.run_id, candidate.candidate_id)
+        branch = f"flakebot/{candidate.run_id}"
+        if (path / ".git").is_dir():
+            return self.describe(candidate, path, origin=None, pruned=[])
+        if candidate.registry.source != "local":
+            raise ForkError(
+                f"{candidate.name} {candidate.version} comes from {candidate.registry}; forks are "
+                "made from a local registry's sources or a reachable upstream repository",
+                hint="use --registry local (Debian's crate sources) or a `cargo vendor` directory",
+            )
+        source = _registry_source(Path(candidate.registry.location), candidate)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        origin = "registry-source"
+        if candidate.repository and self._clone_upstream(candidate, path, branch):
+            origin = "upstream-clone"
+        else:
+            shutil.copytree(source, path, ignore=IGNORED_FROM_REGISTRY, symlinks=True)
+            repo = pygit2.init_repository(str(path), initial_head=branch)
+            _commit_all(
+                repo, f"upstream: {candidate.name} {candidate.version} from {candidate.registry}"
+            )
+        try:
+            pruned = self._make_offline(candidate, path)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        workspace = self.describe(candidate, path, origin=origin, pruned=pruned)
+        log.info(
+            "crate_forked",
+            crate=candidate.name,
+            version=candidate.version,
+            origin=origin,
+            pruned=[item.name for item in pruned],
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return workspace
+
+    def describe(
+        self,
+        candidate: CrateCandidate,
+        path: Path,
+        *,
+        origin: str | None,
+        pruned: list[PrunedItem],
+    ) -> Workspace:
+        repo = pygit2.Repository(str(path))
+        if origin is None:  # an existing fork: read what the set-up commit recorded
+            origin = (
+                "upstream-clone" if "origin" in list(repo.remotes.names()) else "registry-source"
+            )
+            pruned = _pruned_from_history(repo)
+        return Workspace(
+            run_id=candidate.run_id,
+            candidate_id=candidate.candidate_id,
+            crate_name=candidate.name,
+            crate_version=candidate.version,
+            path=str(path),
+            branch=repo.head.shorthand,
+            head_commit=str(repo.head.target),
+            origin=origin,
+            upstream_url=candidate.repository if origin == "upstream-clone" else None,
+            target_dir=str(self.target_dir(candidate.name, candidate.version)),
+            bin_names=list(read_crate(path).bin_names),
+            pruned=pruned,
+        )
+
+    def _clone_upstream(self, candidate: CrateCandidate, path: Path, branch: str) -> bool:
+        url = candidate.repository or ""
+        if not _reachable(url, timeout=min(5.0, self.clone_timeout)):
+            log.info("upstream_unreachable", url=url)
+            return False
+        deadline = time.monotonic() + self.clone_timeout
+
+        class Deadline(pygit2.RemoteCallbacks):
+            def transfer_progress(self, stats: object) -> None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cloning {url} took longer than its time limit")
+
+        try:
+            repo = pygit2.clone_repository(url, str(path), callbacks=Deadline())
+        except (pygit2.GitError, TimeoutError, ValueError) as exc:
+            log.info("upstream_clone_failed", url=url, error=str(exc))
+            shutil.rmtree(path, ignore_errors=True)
+            return False
+        for tag in (
+            f"v{candidate.version}",
+            candidate.version,
+            f"{candidate.name}-v{candidate.version}",
+        ):
+            reference = repo.references.get(f"refs/tags/{tag}")
+            if reference is not None and (path / "Cargo.toml").exists():
+                commit = reference.peel(pygit2.Commit)
+                repo.branches.local.create(branch, commit)
+                repo.checkout(f"refs/heads/{branch}")
+                return True
+        log.info("upstream_tag_missing", url=url, version=candidate.version)
+        shutil.rmtree(path, ignore_errors=True)
+        return False
+
+    def _make_offline(self, candidate: CrateCandidate, path: Path) -> list[PrunedItem]:
+        registry = Path(candidate.registry.location).resolve()
+        config_dir = path / ".cargo"
+        config_dir.mkdir(exist_ok=True)
+        (config_dir / "config.toml").write_text(
+            "# Written by flakebot: build offline against a local directory registry.\n"
+            '[source.crates-io]\nreplace-with = "flakebot-local"\n\n'
+            f'[source.flakebot-local]\ndirectory = "{registry}"\n\n'
+            "[net]\noffline = true\n"
+        )
+        (path / "Cargo.lock").unlink(missing_ok=True)
+        pruned: list[PrunedItem] = []
+        target = self.target_dir(candidate.name, candidate.version)
+        for _ in range(64):
+            done = self.sandbox.run(
+                ["cargo", "generate-lockfile", "--offline"],
+                workdir=path,
+                target_dir=target,
+                timeout=LOCK_TIMEOUT_S,
+            )
+            if done.ok:
+                break
+            missing = unresolved_dependency(done.stderr)
+            if missing is None:
+                raise ForkError(
+                    f"{candidate.name} {candidate.version} does not resolve offline:\n"
+                    + done.stderr.strip()[-2_000:]
+                )
+            removed = prune_dev_dependency(path, missing, reason=f"{missing} is not in {registry}")
+            if not removed:
+                raise ForkError(
+                    f"{candidate.name} {candidate.version} needs {missing}, which {registry} lacks "
+                    "(not only as a dev-dependency, so it cannot be pruned)",
+                    hint="try another candidate, or install the crate's sources "
+                    f"(apt-get install librust-{missing.replace('_', '-')}-dev)",
+                )
+            pruned.extend(removed)
+        else:
+            raise ForkError(f"{candidate.name} {candidate.version}: resolution did not settle")
+        repo = pygit2.Repository(str(path))
+        summary = f"pruned {len(pruned)}" if pruned else "nothing pruned"
+        body = "\n".join(f"pruned: {item.what} {item.name}: {item.reason}" for item in pruned)
+        _commit_all(
+            repo,
+            f"flakebot: build offline against {registry} ({summary})\n\n{body}".rstrip(),
+            force=["Cargo.lock", ".cargo/config.toml"],
+        )
+        return pruned
+
+    def commit(self, workspace: Workspace, message: str) -> str:
+        """Commit everything in the work tree as one attempt; returns the new commit id."""
+        repo = pygit2.Repository(workspace.path)
+        return _commit_all(repo, message, force=["Cargo.lock"])
+
+    def attempts(self, workspace: Workspace) -> list[Attempt]:
+        """The branch's commits, oldest first."""
+        repo = pygit2.Repository(workspace.path)
+        history = [
+            Attempt(commit=str(commit.id), message=commit.message.strip())
+            for commit in repo.walk(repo.head.target, pygit2.enums.SortMode.TOPOLOGICAL)
+        ]
+        return list(reversed(history))
+
+    def reset(self, workspace: Workspace, commit: str) -> None:
+        """Put the branch and the work tree back to `commit` (an earlier attempt)."""
+        repo = pygit2.Repository(workspace.path)
+        target = repo.revparse_single(commit).peel(pygit2.Commit)
+        repo.reset(target.id, pygit2.enums.ResetMode.HARD)
+        for untracked, status in repo.status().items():
+            if status & pygit2.enums.FileStatus.WT_NEW:
+                (Path(workspace.path) / untracked).unlink(missing_ok=True)
+
+    def export_bundle(self, workspace: Workspace, path: Path) -> Path:
+        """Write the fork's branch, with its whole history, as a git bundle at `path`."""
+        repo = pygit2.Repository(workspace.path)
+        return write_bundle(repo, [f"refs/heads/{workspace.branch}"], path)
+
+    def import_bundle(self, workspace: Workspace, bundle: Path) -> Workspace:
+        """Recreate `workspace` (made on another node) here from its bundle."""
+        path = Path(workspace.path)
+        if path.exists():
+            raise ForkError(f"{path} already exists; remove it before importing a bundle")
+        repo = pygit2.init_repository(str(path), initial_head=workspace.branch)
+        try:
+            refs = read_bundle(bundle, repo)
+            if refs.get(f"refs/heads/{workspace.branch}") != workspace.head_commit:
+                raise ForkError(
+                    f"the bundle's {workspace.branch} is not at {workspace.head_commit}",
+                    hint="export the bundle again from the node that holds the fork",
+                )
+            repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return workspace
+
+
+def _registry_source(registry: Path, candidate: CrateCandidate) -> Path:
+    for directory in (
+        registry / f"{candidate.name}-{candidate.version}",
+        registry / candidate.name,
+    ):
+        if (directory / "Cargo.toml").is_file():
+            return directory
+    raise ForkError(
+        f"{registry} has no source for {candidate.name} {candidate.version}",
+        hint="re-run the search; the registry may have changed since",
+    )
+
+
+def _reachable(url: str, *, timeout: float) -> bool:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(parsed.path).exists()
+    if parsed.scheme != "https" or not parsed.hostname:
+        return False
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _commit_all(repo: pygit2.Repository, message: str, *, force: Sequence[str] = ()) -> str:
+    index = repo.index
+    deleted = [
+        path
+        for path, status in repo.status().items()
+        if status & pygit2.enums.FileStatus.WT_DELETED
+    ]
+    index.add_all()
+    for path in deleted:
+        if path in index:
+            index.remove(path)
+    for path in force:
+        if (Path(repo.workdir) / path).exists():
+            index.add(path)
+    index.write()
+    tree = index.write_tree()
+    parents = [] if repo.head_is_unborn else [repo.head.target]
+    commit = repo.create_commit("HEAD", AUTHOR, AUTHOR, message + "\n", tree, parents)
+    return str(commit)
+
+
+def _pruned_from_history(repo: pygit2.Repository) -> list[PrunedItem]:
+    pruned = []
+    for commit in reversed(list(repo.walk(repo.head.target))):
+        for line in commit.message.splitlines():
+            if line.startswith("pruned: "):
+                what, _, rest = line.removeprefix("pruned: ").partition(" ")
+                name, _, reason = rest.partition(": ")
+                pruned.append(PrunedItem(what=what, name=name, reason=reason))
+    return pruned

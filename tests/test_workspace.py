@@ -1,0 +1,140 @@
+"""Forks as git workspaces: one commit per attempt, reset, and bundles that move a fork."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pygit2
+import pytest
+
+from flakebot.sandbox import Sandbox, Toolchain
+from flakebot.settings import Settings
+from flakebot.workspace import Forker, ForkError
+from messages import CrateCandidate, RegistryRef, ScoreParts
+from tests.registry_helpers import DEBIAN_REGISTRY, make_crate
+
+DEBIAN = RegistryRef(source="local", location=str(DEBIAN_REGISTRY))
+
+
+@pytest.fixture
+def forker(settings: Settings) -> Forker:
+    return Forker(settings, Sandbox(Toolchain.find()))
+
+
+def hexyl(candidate_id: str = "c1-hexyl", run_id: str = "r1") -> CrateCandidate:
+    return CrateCandidate(
+        run_id=run_id,
+        candidate_id=candidate_id,
+        name="hexyl",
+        version="0.8.0",
+        registry=DEBIAN,
+        repository="https://github.com/sharkdp/hexyl",
+        score=1.0,
+        score_parts=ScoreParts(relevance=1.0),
+    )
+
+
+def test_fork_layout_branch_and_setup_commit(forker: Forker, settings: Settings) -> None:
+    workspace = forker.fork(hexyl())
+    assert Path(workspace.path) == settings.workspaces_dir / "r1" / "c1-hexyl"
+    assert workspace.branch == "flakebot/r1"
+    repo = pygit2.Repository(workspace.path)
+    assert str(repo.head.target) == workspace.head_commit
+    tree = repo.head.peel(pygit2.Commit).tree
+    assert "Cargo.lock" in tree and ".cargo" in tree and ".cargo-checksum.json" not in tree
+    assert not repo.status()  # everything committed
+    assert Path(workspace.target_dir).parent == settings.home / "targets"
+    assert workspace.target_dir.split("/")[-1].startswith("hexyl-0.8.0-")
+    assert forker.fork(hexyl()) == workspace  # forking again returns the same fork
+
+
+def test_attempts_commit_and_reset(forker: Forker) -> None:
+    workspace = forker.fork(hexyl())
+    root = Path(workspace.path)
+    setup = workspace.head_commit
+    (root / "src" / "extra.rs").write_text("pub fn added() {}\n")
+    (root / "README.md").unlink()
+    first = forker.commit(workspace, "attempt 1: add extra.rs\n\ntests: red")
+    assert [a.commit for a in forker.attempts(workspace)][-2:] == [setup, first]
+    assert forker.attempts(workspace)[-1].message.startswith("attempt 1: add extra.rs")
+    forker.reset(workspace, setup)
+    assert not (root / "src" / "extra.rs").exists() and (root / "README.md").exists()
+    assert str(pygit2.Repository(workspace.path).head.target) == setup
+
+
+def test_bundle_moves_a_fork_to_another_home(forker: Forker, tmp_path: Path) -> None:
+    workspace = forker.fork(hexyl())
+    (Path(workspace.path) / "NOTES.md").write_text("an attempt\n")
+    head = forker.commit(workspace, "attempt 1")
+    moved = workspace.model_copy(update={"head_commit": head})
+    bundle = forker.export_bundle(moved, tmp_path / "fork.bundle")
+    verified = subprocess.run(
+        ["git", "bundle", "verify", str(bundle)], capture_output=True, text=True, check=False
+    )
+    assert verified.returncode == 0, verified.stderr
+
+    other = Forker(
+        Settings.from_env({"FLAKEBOT_HOME": str(tmp_path / "other-node")}), forker.sandbox
+    )
+    target = moved.model_copy(update={"path": str(other.workspace_path("r1", "c1-hexyl"))})
+    other.import_bundle(target, bundle)
+    repo = pygit2.Repository(target.path)
+    assert str(repo.head.target) == head and repo.head.shorthand == "flakebot/r1"
+    assert (Path(target.path) / "NOTES.md").read_text() == "an attempt\n"
+    assert (Path(target.path) / "src" / "lib.rs").read_bytes() == (
+        Path(workspace.path) / "src" / "lib.rs"
+    ).read_bytes()
+    assert len(list(repo.walk(repo.head.target))) == 3
+    with pytest.raises(ForkError, match="already exists"):
+        other.import_bundle(target, bundle)
+
+
+def test_upstream_clone_from_a_file_url(forker: Forker, tmp_path: Path) -> None:
+    upstream = make_crate(
+        tmp_path / "upstream-src", "tiny", "0.2.0", files={"src/main.rs": "fn main() {}\n"}
+    )
+    repo = pygit2.init_repository(str(upstream), initial_head="main")
+    repo.index.add_all()
+    repo.index.write()
+    author = pygit2.Signature("Upstream", "up@example.org")
+    commit = repo.create_commit(
+        "HEAD", author, author, "release 0.2.0", repo.index.write_tree(), []
+    )
+    repo.create_tag("v0.2.0", commit, pygit2.enums.ObjectType.COMMIT, author, "0.2.0")
+    registry = tmp_path / "registry"
+    make_crate(registry, "tiny", "0.2.0", files={"src/main.rs": "fn main() {}\n"})
+    candidate = CrateCandidate(
+        run_id="r1",
+        candidate_id="c1-tiny",
+        name="tiny",
+        version="0.2.0",
+        registry=RegistryRef(source="local", location=str(registry)),
+        repository=f"file://{upstream}",
+        score=1.0,
+        score_parts=ScoreParts(relevance=1.0),
+    )
+    confined = Forker(forker.settings, Sandbox(forker.sandbox.toolchain, read_only=(registry,)))
+    workspace = confined.fork(candidate)
+    assert workspace.origin == "upstream-clone" and workspace.upstream_url == f"file://{upstream}"
+    history = confined.attempts(workspace)
+    assert history[0].commit == str(commit) and history[-1].message.startswith("flakebot:")
+
+
+def test_missing_normal_dependency_cannot_be_pruned(forker: Forker, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    make_crate(registry, "needy", "1.0.0", extra_toml='[dependencies]\nghost = "1"\n')
+    candidate = CrateCandidate(
+        run_id="r1",
+        candidate_id="c1-needy",
+        name="needy",
+        version="1.0.0",
+        registry=RegistryRef(source="local", location=str(registry)),
+        score=1.0,
+        score_parts=ScoreParts(relevance=1.0),
+    )
+    confined = Forker(forker.settings, Sandbox(forker.sandbox.toolchain, read_only=(registry,)))
+    with pytest.raises(ForkError, match="needs ghost") as caught:
+        confined.fork(candidate)
+    assert caught.value.hint is not None and "librust-ghost-dev" in caught.value.hint
+    assert not Path(confined.workspace_path("r1", "c1-needy")).exists()
