@@ -1,0 +1,175 @@
+"""The tester: cargo build, cargo test and cargo clippy in the sandbox, read into a TestReport.
+
+Stages run in order; when the build fails, test and clippy are skipped (their output would only
+repeat the build's errors). Clippy is skipped when the toolchain has no clippy. Every stage has a
+time limit; one that runs over is `timed_out` and its whole process tree is killed.
+
+All attempts and candidates of one crate version share one target dir, so a fix rebuilds
+incrementally. Cargo names a path package's artifacts without its directory and trusts mtimes, so
+two forks of one crate would each see the other's binaries as fresh: the tester holds a lock on the
+target dir while it runs, and when the fork differs from the one that built there last, it touches
+the fork's files so cargo rebuilds the crate itself (its dependencies stay cached).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from flakebot.cargo_output import parse_diagnostics, parse_test_results
+from flakebot.errors import CommandTimedOut
+from flakebot.proc import Completed, tail
+from flakebot.sandbox import Sandbox
+from messages import StageResult, TestReport
+from messages.coding import Stage, StageStatus
+
+log = structlog.get_logger()
+
+
+COMMANDS: dict[Stage, list[str]] = {
+    "build": ["cargo", "build", "--message-format=json"],
+    "test": ["cargo", "test", "--no-fail-fast", "--message-format=json"],
+    "clippy": ["cargo", "clippy", "--message-format=json"],
+}
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    """Seconds each stage may take."""
+
+    build: float = 1_800.0
+    test: float = 1_800.0
+    clippy: float = 900.0
+
+
+class Tester:
+    """Builds and tests one fork at a time in the sandbox."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, sandbox: Sandbox, *, limits: StageLimits | None = None) -> None:
+        self.sandbox = sandbox
+        self.limits = limits or StageLimits()
+
+    def test(
+        self,
+        workdir: Path,
+        target_dir: Path,
+        *,
+        run_id: str,
+        candidate_id: str,
+        attempt: int,
+        commit: str | None = None,
+        stages: Sequence[Stage] = ("build", "test", "clippy"),
+    ) -> TestReport:
+        """Run `stages` (all three by default) on the work tree at `workdir` and report."""
+        bound = log.bind(candidate=candidate_id, attempt=attempt)
+        with _TargetLock(target_dir, workdir):
+            results = self._run_stages(workdir, target_dir, stages)
+        report = TestReport(
+            run_id=run_id,
+            candidate_id=candidate_id,
+            attempt=attempt,
+            commit=commit,
+            stages=results,
+            sandboxed=self.sandbox.enabled,
+        )
+        bound.info(
+            "tests_passed" if report.green else "tests_failed",
+            stages={stage.stage: stage.status for stage in results},
+            errors=len(report.errors),
+            failed_tests=len(report.failed_tests),
+        )
+        return report
+
+    def _run_stages(
+        self, workdir: Path, target_dir: Path, stages: Sequence[Stage]
+    ) -> list[StageResult]:
+        wanted = set(stages)
+        results = [self._stage("build", COMMANDS["build"], workdir, target_dir)]
+        built = results[0].status == "passed"
+        for stage in ("test", "clippy"):
+            if stage not in wanted:
+                continue
+            if not built:
+                results.append(_skipped(stage, "the build failed"))
+            elif stage == "clippy" and not self.sandbox.toolchain.has_clippy:
+                results.append(_skipped(stage, "clippy is not installed in this toolchain"))
+            else:
+                results.append(self._stage(stage, COMMANDS[stage], workdir, target_dir))
+        return results
+
+    def _stage(
+        self, stage: Stage, command: list[str], workdir: Path, target_dir: Path
+    ) -> StageResult:
+        limit = getattr(self.limits, stage)
+        try:
+            done = self.sandbox.run(command, workdir=workdir, target_dir=target_dir, timeout=limit)
+        except CommandTimedOut as exc:
+            return StageResult(
+                stage=stage,
+                status="timed_out",
+                duration_s=exc.seconds,
+                log_tail=f"killed after {exc.seconds:g} s\n{exc.output_tail}",
+            )
+        return _result(stage, done)
+
+
+def _result(stage: Stage, done: Completed) -> StageResult:
+    found = parse_diagnostics(done.stdout)
+    tests = parse_test_results(done.stdout, done.stderr) if stage == "test" else []
+    status: StageStatus = "passed" if done.ok else "failed"
+    if stage == "clippy" and done.ok:
+        status = "passed"  # warnings are reported as diagnostics; only errors fail clippy
+    if done.ok and any(test.status == "failed" for test in tests):
+        status = "failed"
+    if not done.ok and not found and not tests and "error" not in done.stderr:
+        status = "error"
+    return StageResult(
+        stage=stage,
+        status=status,
+        duration_s=round(done.seconds, 3),
+        exit_code=done.returncode,
+        diagnostics=found,
+        tests=tests,
+        log_tail=tail(done.stderr, 3_000),
+    )
+
+
+class _TargetLock:
+    """Exclusive use of a shared target dir; touches the fork if another one built there last."""
+
+    def __init__(self, target_dir: Path, workdir: Path) -> None:
+        self.target_dir = target_dir
+        self.workdir = workdir.resolve()
+        self._handle: TextIO | None = None
+
+    def __enter__(self) -> None:
+        self.target_dir.mkdir(parents=True, exist_ok=True)
+        self._handle = (self.target_dir / ".flakebot-lock").open("a+")
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        marker = self.target_dir / ".flakebot-last-fork"
+        last = marker.read_text() if marker.exists() else ""
+        if last != str(self.workdir):
+            now = time.time()
+            for path in self.workdir.rglob("*"):
+                if ".git" in path.parts or not path.is_file() or path.is_symlink():
+                    continue
+                os.utime(path, (now, now))
+            marker.write_text(str(self.workdir))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+
+
+def _skipped(stage: Stage, why: str) -> StageResult:
+    return StageResult(stage=stage, status="skipped", duration_s=0.0, log_tail=why)
