@@ -1,0 +1,115 @@
+"""Crate commands: `flakebot search` and `flakebot index`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
+from flakebot.crate_index import CrateIndex, index_path
+from flakebot.errors import ConfigError
+from flakebot.scout import Scout
+from flakebot.settings import parse_registry
+from messages import CrateCandidate, CrateQuery
+
+
+@app.command()
+def search(
+    words: Annotated[list[str], typer.Argument(help="What the crate should do, e.g. hex viewer.")],
+    registry: RegistryOption = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100, help="How many.")] = 10,
+    bins_only: Annotated[
+        bool, typer.Option("--bins-only", help="Only crates with a binary target.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Find crates to start a tool from, ranked, with the parts of each score."""
+    settings = load_settings()
+    text = " ".join(words).strip()
+    if not text:
+        raise ConfigError("the search query is empty", hint="search with a few words: hex viewer")
+    query = CrateQuery(
+        run_id="cli-search",
+        queries=[text],
+        registry=parse_registry(registry) if registry else settings.registry,
+        bins_only=bins_only,
+        prefer_binary=bins_only,
+        limit=limit,
+    )
+    scout = Scout(settings)
+    try:
+        candidates = asyncio.run(scout.scout(query))
+    finally:
+        scout.close()
+    if as_json:
+        payload = [candidate.model_dump(mode="json") for candidate in candidates]
+        print_json(payload)
+        return
+    if not candidates:
+        out.print(f"No crate in {query.registry} matches {text!r}.")
+        return
+    _print_candidates(candidates)
+
+
+def _print_candidates(candidates: list[CrateCandidate]) -> None:
+    """Two lines a candidate: rank, crate, score and description; then binaries, licence, parts."""
+    width = max(60, out.width)
+    names = [f"{candidate.name} {candidate.version}" for candidate in candidates]
+    name_width = max(len(name) for name in names)
+    indent = " " * (4 + name_width + 2 + 4 + 2)
+    for rank, (candidate, name) in enumerate(zip(candidates, names, strict=True), start=1):
+        parts = candidate.score_parts
+        shown = {
+            "relevance": parts.relevance,
+            "binary": parts.has_binary,
+            "licence": parts.license,
+            "resolves": parts.resolves,
+            "downloads": parts.downloads,
+            "recency": parts.recency,
+        }
+        head = f"{rank:>2}. {name:<{name_width}}  {candidate.score:.2f}  "
+        room = max(10, width - len(head))
+        description = candidate.description or "(no description)"
+        if len(description) > room:
+            description = description[: room - 1] + "…"
+        out.print(f"[bold]{escape(head)}[/]{escape(description)}")
+        details = [
+            f"bins: {','.join(candidate.bin_names)}" if candidate.bin_names else "library only",
+            candidate.license or "licence unknown",
+            " ".join(f"{key} {value:.2f}" for key, value in shown.items() if value is not None),
+        ]
+        out.print(f"[dim]{indent}{escape(' · '.join(details))}[/]")
+
+
+@app.command()
+def index(registry: RegistryOption = None, as_json: JsonFlag = False) -> None:
+    """Re-read every crate of a local registry into the search index."""
+    settings = load_settings()
+    target = parse_registry(registry) if registry else settings.registry
+    if target.source != "local":
+        raise ConfigError(
+            f"{target} is not a local registry; only local registries are indexed",
+            hint="pass --registry local or local:DIR",
+        )
+    directory = Path(target.location)
+    crate_index = CrateIndex(directory, index_path(settings.home, directory))
+    try:
+        stats = crate_index.refresh(force=True)
+    finally:
+        crate_index.close()
+    if as_json:
+        payload = {
+            "registry": str(target),
+            "crates": stats.crates,
+            "skipped": [{"directory": d, "reason": r} for d, r in stats.skipped],
+            "seconds": round(stats.seconds, 3),
+        }
+        print_json(payload)
+        return
+    out.print(f"Indexed {stats.crates} crates from {directory} in {stats.seconds:.2f} s.")
+    for directory_name, reason in stats.skipped:
+        out.print(f"[yellow]skipped[/] {escape(directory_name)}: {escape(reason)}")

@@ -1,0 +1,191 @@
+"""Fork commands: `flakebot fork` and `flakebot test`."""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import pygit2
+import typer
+from rich.markup import escape
+
+from flakebot import acceptance
+from flakebot.cargo_toml import read_crate
+from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
+from flakebot.crate_index import CrateIndex, index_path
+from flakebot.errors import ConfigError
+from flakebot.sandbox import Sandbox, Toolchain
+from flakebot.settings import parse_registry
+from flakebot.specs import load_spec
+from flakebot.tester import Tester
+from flakebot.workspace import Forker
+from messages import CrateCandidate, ScoreParts, TestReport
+
+NoSandbox = Annotated[
+    bool,
+    typer.Option(
+        "--no-sandbox", help="Run cargo without bubblewrap (unsafe: crate code runs unconfined)."
+    ),
+]
+
+
+@app.command()
+def fork(
+    crate: Annotated[str, typer.Argument(help="The crate to fork, e.g. hexyl.")],
+    version: Annotated[str | None, typer.Option("--version", help="Default: the newest.")] = None,
+    registry: RegistryOption = None,
+    run: Annotated[str | None, typer.Option("--run", help="Run id (default: a new one).")] = None,
+    no_sandbox: NoSandbox = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fork a crate into a git workspace that builds offline (pruning what the registry lacks)."""
+    settings = load_settings()
+    source = parse_registry(registry) if registry else settings.registry
+    if source.source != "local":
+        raise ConfigError(
+            f"forks come from a local registry, not {source}", hint="--registry local"
+        )
+    directory = Path(source.location)
+    crate_index = CrateIndex(directory, index_path(settings.home, directory))
+    try:
+        crate_index.refresh()
+        versions = crate_index.versions(crate)
+    finally:
+        crate_index.close()
+    if not versions:
+        raise ConfigError(f"{directory} has no crate named {crate!r}", hint="flakebot search WORDS")
+    chosen = next((found for found in versions if version in (None, found.version)), None)
+    if chosen is None:
+        available = ", ".join(found.version for found in versions)
+        raise ConfigError(f"{crate} {version} is not in {directory}; it has {available}")
+    run_id = run or time.strftime("fork-%Y%m%d-%H%M%S")
+    candidate = CrateCandidate(
+        run_id=run_id,
+        candidate_id=f"c1-{chosen.name}",
+        name=chosen.name,
+        version=chosen.version,
+        description=chosen.description,
+        license=chosen.license,
+        repository=chosen.repository,
+        registry=source,
+        bin_names=list(chosen.bin_names),
+        has_lib=chosen.has_lib,
+        score=1.0,
+        score_parts=ScoreParts(relevance=1.0),
+    )
+    forker = Forker(settings, Sandbox(Toolchain.find(), enabled=not no_sandbox))
+    workspace = forker.fork(candidate)
+    if as_json:
+        print_json(workspace)
+        return
+    out.print(f"Forked {chosen.name} {chosen.version} into {escape(workspace.path)}")
+    out.print(f"  branch {workspace.branch} at {workspace.head_commit[:12]} ({workspace.origin})")
+    out.print(f"  binaries: {', '.join(workspace.bin_names) or 'none'}")
+    for item in workspace.pruned:
+        out.print(f"  [yellow]pruned[/] {item.what} {escape(item.name)}: {escape(item.reason)}")
+
+
+@app.command("test")
+def test_command(
+    directory: Annotated[Path, typer.Argument(help="A fork (or any cargo package) to test.")],
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="A tool spec whose acceptance cases to run.")
+    ] = None,
+    attempt: Annotated[int, typer.Option("--attempt", min=0)] = 0,
+    no_sandbox: NoSandbox = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Build, test and lint a fork in the sandbox; with --spec, its acceptance cases too."""
+    settings = load_settings()
+    root = directory.resolve()
+    if not (root / "Cargo.toml").is_file():
+        raise ConfigError(f"{root} has no Cargo.toml", hint="pass a fork made by `flakebot fork`")
+    record = read_crate(root)
+    toolchain = Toolchain.find()
+    registry = _registry_of(root)
+    sandbox = Sandbox(
+        toolchain,
+        enabled=not no_sandbox,
+        read_only=() if registry is None or registry.is_relative_to("/usr") else (registry,),
+    )
+    forker = Forker(settings, sandbox)
+    run_id, candidate_id = _ids_of(root, settings.workspaces_dir)
+    if spec is not None:
+        tool_spec = load_spec(spec, run_id)
+        bin_name = acceptance.choose_binary(tool_spec, list(record.bin_names), record.name)
+        has_regex = registry is not None and any(registry.glob("regex-1.*/Cargo.toml"))
+        acceptance.install(root, tool_spec, bin_name, registry_has_regex=has_regex)
+    commit = _head(root)
+    report = Tester(sandbox).test(
+        root,
+        forker.target_dir(record.name, record.version),
+        run_id=run_id,
+        candidate_id=candidate_id,
+        attempt=attempt,
+        commit=commit,
+    )
+    if as_json:
+        print_json(report)
+    else:
+        _print_report(report)
+    if not report.green:
+        raise typer.Exit(1)
+
+
+def _registry_of(root: Path) -> Path | None:
+    config = root / ".cargo" / "config.toml"
+    if not config.is_file():
+        return None
+    sources = tomllib.loads(config.read_text()).get("source", {})
+    for source in sources.values():
+        if isinstance(source, dict) and isinstance(source.get("directory"), str):
+            return Path(source["directory"])
+    return None
+
+
+def _ids_of(root: Path, workspaces: Path) -> tuple[str, str]:
+    """A fork's run and candidate ids from its place under FLAKEBOT_HOME; else made up."""
+    if root.is_relative_to(workspaces) and len(root.relative_to(workspaces).parts) == 2:
+        run_id, candidate_id = root.relative_to(workspaces).parts
+        return run_id, candidate_id
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", root.name).strip("-.") or "package"
+    return "local", safe[:64]
+
+
+def _head(root: Path) -> str | None:
+    try:
+        repo = pygit2.Repository(str(root))
+    except pygit2.GitError:
+        return None
+    return None if repo.head_is_unborn else str(repo.head.target)
+
+
+def _print_report(report: TestReport) -> None:
+    marks = {"passed": "[green]passed[/]", "failed": "[red]failed[/]", "skipped": "[dim]skipped[/]",
+             "timed_out": "[red]timed out[/]", "error": "[red]error[/]"}  # fmt: skip
+    for stage in report.stages:
+        tests = ""
+        if stage.tests:
+            passed = sum(test.status == "passed" for test in stage.tests)
+            tests = f", {passed}/{len(stage.tests)} tests passed"
+        out.print(f"{stage.stage:<7} {marks[stage.status]} in {stage.duration_s:.1f} s{tests}")
+        for diagnostic in stage.diagnostics:
+            if diagnostic.level == "error":
+                where = f"{diagnostic.file}:{diagnostic.line}" if diagnostic.file else ""
+                code = f"[{diagnostic.code}] " if diagnostic.code else ""
+                out.print(
+                    f"  [red]error[/] {escape(code)}{escape(where)} {escape(diagnostic.message)}"
+                )
+        for test in stage.tests:
+            if test.status == "failed":
+                out.print(f"  [red]FAILED[/] {escape(test.name)}")
+                for line in test.output.splitlines()[:12]:
+                    out.print(f"    {escape(line)}")
+        warnings = sum(d.level == "warning" for d in stage.diagnostics)
+        if warnings:
+            out.print(f"  [dim]{warnings} warnings[/]")
+    verdict = "[green]green[/]" if report.green else "[red]red[/]"
+    out.print(f"{verdict}{' (sandboxed)' if report.sandboxed else ' (NOT sandboxed)'}")

@@ -1,0 +1,76 @@
+"""System commands: `flakebot doctor` and `flakebot schema`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from flakebot.cli import JsonFlag, app, err, load_settings, out, print_json
+from flakebot.doctor import CHECK_NAMES, CheckName, Doctor, DoctorReport
+from flakebot.errors import ConfigError
+from messages import json_schema
+
+
+@app.command()
+def doctor(
+    as_json: JsonFlag = False,
+    check: Annotated[
+        list[str] | None,
+        typer.Option("--check", help=f"Run only these checks: {', '.join(CHECK_NAMES)}."),
+    ] = None,
+) -> None:
+    """Check that cargo, clippy, Nix, bubblewrap, the crate registry and Ray work here."""
+    settings = load_settings()
+    only = _check_names(check) if check else CHECK_NAMES
+    if as_json:
+        report = Doctor(settings).run(only)
+    else:
+        with err.status("checking cargo, Nix, bubblewrap, the registry and Ray..."):
+            report = Doctor(settings).run(only)
+    if as_json:
+        payload = {"healthy": report.healthy, "checks": report.model_dump(mode="json")["checks"]}
+        print_json(payload)
+    else:
+        _print_report(report)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+def _check_names(names: list[str]) -> tuple[CheckName, ...]:
+    chosen: list[CheckName] = []
+    for name in names:
+        match = [known for known in CHECK_NAMES if known == name]
+        if not match:
+            raise ConfigError(
+                f"unknown check {name!r}", hint=f"choose from {', '.join(CHECK_NAMES)}"
+            )
+        chosen.extend(match)
+    return tuple(chosen)
+
+
+def _print_report(report: DoctorReport) -> None:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("detail", overflow="fold")
+    marks = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+    for check in report.checks:
+        detail = escape(check.detail)
+        if check.hint is not None:
+            detail += f"\n[dim]fix: {escape(check.hint)}[/]"
+        table.add_row(check.name, marks[check.status], detail)
+    out.print(table)
+    if report.healthy:
+        out.print("[green]Everything Flakebot needs is here.[/]")
+    else:
+        failed = [check.name for check in report.checks if check.status == "fail"]
+        out.print(f"[red]Missing or broken: {', '.join(failed)}.[/] Follow the hints above.")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of every protocol message (one discriminated union)."""
+    print_json(json_schema())
