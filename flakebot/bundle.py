@@ -18,16 +18,12 @@ from pathlib import Path
 
 import pygit2
 
-from flakebot.errors import FlakebotError
+from flakebot.errors import BundleError
 
 HEADER = b"# v2 git bundle\n"
 _TYPES = {1: pygit2.enums.ObjectType.COMMIT, 2: pygit2.enums.ObjectType.TREE,
           3: pygit2.enums.ObjectType.BLOB, 4: pygit2.enums.ObjectType.TAG}  # fmt: skip
 _OFS_DELTA, _REF_DELTA = 6, 7
-
-
-class BundleError(FlakebotError):
-    """A bundle is malformed, or its objects do not make up the refs it names."""
 
 
 def write_bundle(repo: pygit2.Repository, refs: Sequence[str], path: Path) -> Path:

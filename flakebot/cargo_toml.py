@@ -16,14 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from flakebot.errors import FlakebotError
+from flakebot.errors import ManifestError
 
 README_CHARS = 20_000
 DepKind = Literal["normal", "build", "dev"]
-
-
-class ManifestError(FlakebotError):
-    """A crate's Cargo.toml is missing, is not TOML, or lacks a name and version."""
 
 
 @dataclass(frozen=True)

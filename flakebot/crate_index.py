@@ -22,8 +22,8 @@ from pathlib import Path
 
 import structlog
 
-from flakebot.cargo_toml import CrateRecord, Dependency, ManifestError, read_crate
-from flakebot.errors import ConfigError
+from flakebot.cargo_toml import CrateRecord, Dependency, read_crate
+from flakebot.errors import ConfigError, ManifestError
 from flakebot.resolution import CrateDeps, Resolver
 from flakebot.semver import SemverError, Version
 

@@ -23,20 +23,12 @@ import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from flakebot.errors import FlakebotError
+from flakebot.errors import CrateNotFound, RegistryUnavailable
 
 log = structlog.get_logger()
 
 Sleep = Callable[[float], Awaitable[None]]
 _CRATE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-
-
-class RegistryUnavailable(FlakebotError):
-    """crates.io could not be reached or kept failing."""
-
-
-class CrateNotFound(FlakebotError):
-    """crates.io has no crate of that name."""
 
 
 class RateLimiter:

@@ -9,8 +9,13 @@ bugs raise whatever Python raises.
     ├── ConfigError               a setting, environment variable or CLI argument is wrong
     ├── SpecError                 a tool spec or message file does not validate
     ├── ToolMissing               an external program (cargo, nix, bwrap...) is not installed
-    └── CommandFailed             an external program ran and failed (exit code, output tail)
-        └── CommandTimedOut       ...or did not finish within its time limit
+    ├── CommandFailed             an external program ran and failed (exit code, output tail)
+    │   └── CommandTimedOut       ...or did not finish within its time limit
+    ├── ManifestError             a crate's Cargo.toml is missing, not TOML, or has no name/version
+    ├── RegistryUnavailable       crates.io could not be reached or kept failing
+    ├── CrateNotFound             crates.io has no crate of that name
+    ├── ForkError                 a candidate cannot be forked into a workspace that builds here
+    └── BundleError               a git bundle is malformed or incomplete
 """
 
 from __future__ import annotations
@@ -72,3 +77,23 @@ class CommandTimedOut(CommandFailed):
     def __init__(self, argv: list[str], seconds: float, output_tail: str) -> None:
         super().__init__(argv, None, output_tail, hint=f"it was killed after {seconds:g} s")
         self.seconds = seconds
+
+
+class ManifestError(FlakebotError):
+    """A crate's Cargo.toml is missing, is not TOML, or lacks a name and version."""
+
+
+class RegistryUnavailable(FlakebotError):
+    """crates.io could not be reached or kept failing."""
+
+
+class CrateNotFound(FlakebotError):
+    """crates.io has no crate of that name."""
+
+
+class ForkError(FlakebotError):
+    """A candidate cannot be forked into a workspace that builds here."""
+
+
+class BundleError(FlakebotError):
+    """A bundle is malformed, or its objects do not make up the refs it names."""

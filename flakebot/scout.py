@@ -22,13 +22,8 @@ import httpx
 import structlog
 
 from flakebot.crate_index import CrateIndex, IndexedCrate, index_path
-from flakebot.crates_io import (
-    CrateDetail,
-    CrateNotFound,
-    CratesIoClient,
-    CrateSummary,
-    DiskCache,
-)
+from flakebot.crates_io import CrateDetail, CratesIoClient, CrateSummary, DiskCache
+from flakebot.errors import CrateNotFound
 from flakebot.settings import Settings
 from messages import CrateCandidate, CrateQuery, RegistryRef, ScoreParts
 

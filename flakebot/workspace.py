@@ -26,7 +26,7 @@ import structlog
 
 from flakebot.bundle import read_bundle, write_bundle
 from flakebot.cargo_toml import read_crate
-from flakebot.errors import FlakebotError
+from flakebot.errors import ForkError
 from flakebot.pruning import prune_dev_dependency, unresolved_dependency
 from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
@@ -37,10 +37,6 @@ log = structlog.get_logger()
 AUTHOR = pygit2.Signature("Flakebot", "flakebot@localhost")
 IGNORED_FROM_REGISTRY = shutil.ignore_patterns(".cargo-checksum.json", ".git", "target")
 LOCK_TIMEOUT_S = 300.0
-
-
-class ForkError(FlakebotError):
-    """A candidate cannot be forked into a workspace that builds here."""
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flakebot.crates_io import (
-    CrateNotFound,
-    CratesIoClient,
-    DiskCache,
-    RateLimiter,
-    RegistryUnavailable,
-)
+from flakebot.crates_io import CratesIoClient, DiskCache, RateLimiter
+from flakebot.errors import CrateNotFound, RegistryUnavailable
 
 FIXTURES = Path(__file__).parent / "fixtures" / "crates_io"
 UA = "flakebot/test (ops@example.org)"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pygit2
 import pytest
 
+from flakebot.errors import ForkError
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
-from flakebot.workspace import Forker, ForkError
+from flakebot.workspace import Forker
 from messages import CrateCandidate, RegistryRef, ScoreParts
 from tests.registry_helpers import DEBIAN_REGISTRY, make_crate
 
