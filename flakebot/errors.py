@@ -15,7 +15,11 @@ bugs raise whatever Python raises.
     ├── RegistryUnavailable       crates.io could not be reached or kept failing
     ├── CrateNotFound             crates.io has no crate of that name
     ├── ForkError                 a candidate cannot be forked into a workspace that builds here
-    └── BundleError               a git bundle is malformed or incomplete
+    ├── BundleError               a git bundle is malformed or incomplete
+    ├── ModelError                a model could not give a usable answer
+    │   ├── ModelUnavailable      the endpoint failed, refused, or may not be called (tests)
+    │   └── ModelReplyInvalid     replies kept failing validation (each one is fed back first)
+    └── BudgetExceeded            a run's token, call, time or money bound is reached
 """
 
 from __future__ import annotations
@@ -97,3 +101,27 @@ class ForkError(FlakebotError):
 
 class BundleError(FlakebotError):
     """A bundle is malformed, or its objects do not make up the refs it names."""
+
+
+class ModelError(FlakebotError):
+    """A model could not give a usable answer."""
+
+
+class ModelUnavailable(ModelError):
+    """The model endpoint failed or refused, or real models may not be called (under test)."""
+
+
+class ModelReplyInvalid(ModelError):
+    """The model's replies kept failing validation; every raw reply is kept."""
+
+    def __init__(self, message: str, *, replies: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.replies = replies
+
+
+class BudgetExceeded(FlakebotError):
+    """A bound of the run (tokens, model calls, seconds, money) is reached."""
+
+    def __init__(self, bound: str, message: str) -> None:
+        super().__init__(message)
+        self.bound = bound

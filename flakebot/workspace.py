@@ -13,9 +13,11 @@ resolution runs again. Every later attempt is one commit (`commit`), and any can
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import socket
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from flakebot.errors import ForkError
 from flakebot.pruning import prune_dev_dependency, unresolved_dependency
 from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
-from messages import CrateCandidate, PrunedItem, Workspace
+from messages import CrateCandidate, PrunedItem, RegistryRef, ScoreParts, Workspace
 
 log = structlog.get_logger()
 
@@ -128,6 +130,32 @@ class Forker:
             bin_names=list(read_crate(path).bin_names),
             pruned=pruned,
         )
+
+    def open(self, path: Path) -> Workspace:
+        """The Workspace message of an existing fork (or any git repo of a cargo package)."""
+        root = path.resolve()
+        try:
+            repo = pygit2.Repository(str(root))
+        except pygit2.GitError:
+            raise ForkError(
+                f"{root} is not a git repository", hint="fork it: flakebot fork CRATE"
+            ) from None
+        if repo.head_is_unborn:
+            raise ForkError(f"{root} has no commits yet", hint="fork it: flakebot fork CRATE")
+        record = read_crate(root)
+        run_id, candidate_id = fork_ids(root, self.settings.workspaces_dir)
+        registry = fork_registry(root) or Path("/usr/share/cargo/registry")
+        candidate = CrateCandidate(
+            run_id=run_id,
+            candidate_id=candidate_id,
+            name=record.name,
+            version=record.version,
+            registry=RegistryRef(source="local", location=str(registry)),
+            repository=record.repository,
+            score=0.0,
+            score_parts=ScoreParts(relevance=0.0),
+        )
+        return self.describe(candidate, root, origin=None, pruned=[])
 
     def _clone_upstream(self, candidate: CrateCandidate, path: Path, branch: str) -> bool:
         url = candidate.repository or ""
@@ -257,6 +285,27 @@ class Forker:
             shutil.rmtree(path, ignore_errors=True)
             raise
         return workspace
+
+
+def fork_registry(root: Path) -> Path | None:
+    """The directory registry a fork's .cargo/config.toml builds against, if any."""
+    config = root / ".cargo" / "config.toml"
+    if config.is_file():
+        sources = tomllib.loads(config.read_text()).get("source", {})
+        for source in sources.values():
+            if isinstance(source, dict) and isinstance(source.get("directory"), str):
+                return Path(source["directory"])
+    return None
+
+
+def fork_ids(root: Path, workspaces: Path) -> tuple[str, str]:
+    """A fork's run and candidate ids from its place under FLAKEBOT_HOME; made up elsewhere."""
+    workspaces = workspaces.resolve()
+    if root.is_relative_to(workspaces) and len(root.relative_to(workspaces).parts) == 2:
+        run_id, candidate_id = root.relative_to(workspaces).parts
+        return run_id, candidate_id
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", root.name).strip("-.")[:64]
+    return "local", safe or "package"
 
 
 def _registry_source(registry: Path, candidate: CrateCandidate) -> Path:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +19,7 @@ from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import parse_registry
 from flakebot.specs import load_spec
 from flakebot.tester import Tester
-from flakebot.workspace import Forker
+from flakebot.workspace import Forker, fork_ids, fork_registry
 from messages import CrateCandidate, ScoreParts, TestReport
 
 NoSandbox = Annotated[
@@ -105,14 +103,14 @@ def test_command(
         raise ConfigError(f"{root} has no Cargo.toml", hint="pass a fork made by `flakebot fork`")
     record = read_crate(root)
     toolchain = Toolchain.find()
-    registry = _registry_of(root)
+    registry = fork_registry(root)
     sandbox = Sandbox(
         toolchain,
         enabled=not no_sandbox,
         read_only=() if registry is None or registry.is_relative_to("/usr") else (registry,),
     )
     forker = Forker(settings, sandbox)
-    run_id, candidate_id = _ids_of(root, settings.workspaces_dir)
+    run_id, candidate_id = fork_ids(root, settings.workspaces_dir)
     if spec is not None:
         tool_spec = load_spec(spec, run_id)
         bin_name = acceptance.choose_binary(tool_spec, list(record.bin_names), record.name)
@@ -133,26 +131,6 @@ def test_command(
         _print_report(report)
     if not report.green:
         raise typer.Exit(1)
-
-
-def _registry_of(root: Path) -> Path | None:
-    config = root / ".cargo" / "config.toml"
-    if not config.is_file():
-        return None
-    sources = tomllib.loads(config.read_text()).get("source", {})
-    for source in sources.values():
-        if isinstance(source, dict) and isinstance(source.get("directory"), str):
-            return Path(source["directory"])
-    return None
-
-
-def _ids_of(root: Path, workspaces: Path) -> tuple[str, str]:
-    """A fork's run and candidate ids from its place under FLAKEBOT_HOME; else made up."""
-    if root.is_relative_to(workspaces) and len(root.relative_to(workspaces).parts) == 2:
-        run_id, candidate_id = root.relative_to(workspaces).parts
-        return run_id, candidate_id
-    safe = re.sub(r"[^A-Za-z0-9._-]", "-", root.name).strip("-.") or "package"
-    return "local", safe[:64]
 
 
 def _head(root: Path) -> str | None:
