@@ -12,7 +12,14 @@ from typing import Protocol
 
 import pytest
 
+from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
+from flakebot.workspace import Forker
+from messages import CrateCandidate, RegistryRef, ScoreParts
+
+# No test may reach a real model endpoint; the models refuse while this is set (subprocesses too).
+os.environ["FLAKEBOT_FORBID_REAL_MODELS"] = "1"
+DEBIAN = RegistryRef(source="local", location="/usr/share/cargo/registry")
 
 FLAKEBOT = Path(sys.executable).with_name("flakebot")
 
@@ -62,3 +69,33 @@ def cli(home: Path) -> Cli:
         return CliResult(done)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def shared_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("flakebot-home")
+    return Settings.from_env({"FLAKEBOT_HOME": str(home)})
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Sandbox:
+    return Sandbox(Toolchain.find())
+
+
+@pytest.fixture(scope="session")
+def forker(shared_settings: Settings, sandbox: Sandbox) -> Forker:
+    return Forker(shared_settings, sandbox)
+
+
+def candidate(
+    name: str, version: str, candidate_id: str, registry: RegistryRef = DEBIAN
+) -> CrateCandidate:
+    return CrateCandidate(
+        run_id="t",
+        candidate_id=candidate_id,
+        name=name,
+        version=version,
+        registry=registry,
+        score=1.0,
+        score_parts=ScoreParts(relevance=1.0),
+    )

@@ -14,46 +14,15 @@ from pathlib import Path
 import pytest
 
 from flakebot import acceptance
-from flakebot.sandbox import Sandbox, Toolchain
+from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
 from flakebot.tester import Tester
 from flakebot.workspace import Forker
-from messages import AcceptanceCase, CrateCandidate, OutputCheck, RegistryRef, ScoreParts, ToolSpec
-from tests.conftest import Cli
-from tests.registry_helpers import DEBIAN_REGISTRY, make_crate
+from messages import AcceptanceCase, OutputCheck, RegistryRef, ToolSpec
+from tests.conftest import Cli, candidate
+from tests.registry_helpers import make_crate
 
 pytestmark = pytest.mark.slow
-DEBIAN = RegistryRef(source="local", location=str(DEBIAN_REGISTRY))
-
-
-@pytest.fixture(scope="session")
-def shared_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    home = tmp_path_factory.mktemp("flakebot-home")
-    return Settings.from_env({"FLAKEBOT_HOME": str(home)})
-
-
-@pytest.fixture(scope="session")
-def sandbox() -> Sandbox:
-    return Sandbox(Toolchain.find())
-
-
-@pytest.fixture(scope="session")
-def forker(shared_settings: Settings, sandbox: Sandbox) -> Forker:
-    return Forker(shared_settings, sandbox)
-
-
-def candidate(
-    name: str, version: str, candidate_id: str, registry: RegistryRef = DEBIAN
-) -> CrateCandidate:
-    return CrateCandidate(
-        run_id="t",
-        candidate_id=candidate_id,
-        name=name,
-        version=version,
-        registry=registry,
-        score=1.0,
-        score_parts=ScoreParts(relevance=1.0),
-    )
 
 
 def hexview_spec() -> ToolSpec:
