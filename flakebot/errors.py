@@ -16,6 +16,7 @@ bugs raise whatever Python raises.
     ├── CrateNotFound             crates.io has no crate of that name
     ├── ForkError                 a candidate cannot be forked into a workspace that builds here
     ├── BundleError               a git bundle is malformed or incomplete
+    ├── DeployError               nix build failed, or a deployed service did not come up
     ├── ModelError                a model could not give a usable answer
     │   ├── ModelUnavailable      the endpoint failed, refused, or may not be called (tests)
     │   └── ModelReplyInvalid     replies kept failing validation (each one is fed back first)
@@ -125,3 +126,12 @@ class BudgetExceeded(FlakebotError):
     def __init__(self, bound: str, message: str) -> None:
         super().__init__(message)
         self.bound = bound
+
+
+class DeployError(FlakebotError):
+    """`nix build` failed, or a deployed service did not start or answer its probes."""
+
+    def __init__(self, message: str, *, log_tail: str, hint: str | None = None) -> None:
+        full = f"{message}:\n{log_tail.rstrip()}" if log_tail.strip() else message
+        super().__init__(full, hint=hint)
+        self.log_tail = log_tail

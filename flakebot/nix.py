@@ -74,12 +74,14 @@ class Nix:
         sandbox_paths: Sequence[str] = BASE_SANDBOX_PATHS,
         timeout: float = 1_800,
         out_link: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> BuildResult:
         """`nix build` offline; returns the derivation and its output paths."""
         link = ["--out-link", str(out_link)] if out_link is not None else ["--no-link"]
         argv = self._argv(
             "build",
             *offline_options(sandbox_paths),
+            *extra_args,
             *link,
             "--json",
             "--print-build-logs",
@@ -91,6 +93,17 @@ class Nix:
         built = json.loads(done.stdout)[0]
         log.debug("flake_built", flake_ref=flake_ref, seconds=round(done.seconds, 2))
         return BuildResult(drv_path=built["drvPath"], out_paths=dict(built["outputs"]))
+
+    def nar_hash(self, store_path: str) -> str:
+        """The narHash of a store path (sha256, SRI form)."""
+        done = run(self._argv("path-info", "--json", store_path), timeout=120).check()
+        info = json.loads(done.stdout)
+        entry = info[0] if isinstance(info, list) else info[store_path]
+        return str(entry["narHash"])
+
+    def run_argv(self, flake_ref: str, extra_args: Sequence[str] = ()) -> list[str]:
+        """`nix run FLAKE --` with this machine's flags; append the tool's arguments."""
+        return self._argv("run", *offline_options(()), *extra_args, flake_ref, "--")
 
     def source_path(self, flake_ref: str) -> str:
         """The store path holding the flake's source (what `path:` copied into the store)."""
