@@ -1,0 +1,184 @@
+"""The janitor: removes what a run made, as its record says, and reports what it freed.
+
+In order: stop the run's services, remove its GC roots, delete the store paths its builds added
+(by name, one by one: a path still rooted elsewhere, e.g. by another run that built the same thing,
+is reported and kept), remove its workspaces, and remove the target dirs no other run still uses.
+With `keep_deployment` the services, GC roots and store paths stay. Cleaning is idempotent: what is
+already gone is skipped. Runs whose lease is older than the TTL are cleaned by `clean_expired`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import structlog
+
+from flakebot.deployer import stop_process
+from flakebot.errors import CommandFailed
+from flakebot.nix import Nix
+from flakebot.runstate import Resource, RunRecord, all_runs
+from flakebot.settings import Settings
+from messages import CleanupFailure, CleanupReport, CleanupRequest, RemovedItem
+from messages.deploy import CleanupReason
+
+log = structlog.get_logger()
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes under `path` (files counted once, symlinks not followed)."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(directory) / name).lstat().st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+class Janitor:
+    """Cleans runs of one Flakebot home."""
+
+    def __init__(self, settings: Settings, *, nix: Nix | None = None) -> None:
+        self.settings = settings
+        self._nix = nix
+
+    @property
+    def nix(self) -> Nix:
+        if self._nix is None:
+            self._nix = Nix()
+        return self._nix
+
+    def clean(self, request: CleanupRequest) -> CleanupReport:
+        record = RunRecord(self.settings.home, request.run_id)
+        removed: list[RemovedItem] = []
+        failures: list[CleanupFailure] = []
+        mine = record.items(candidate_id=request.candidate_id)
+        deployment_kinds = ("service", "gc_root", "store_path")
+        for kind in ("service", "gc_root", "store_path", "workspace", "target_dir"):
+            if request.keep_deployment and kind in deployment_kinds:
+                continue
+            items = [item for item in mine if item.kind == kind]
+            if kind == "store_path":
+                self._delete_store_paths(record, items, removed, failures)
+                continue
+            for item in items:
+                outcome = self._remove(record, item)
+                if isinstance(outcome, RemovedItem):
+                    removed.append(outcome)
+                elif isinstance(outcome, CleanupFailure):
+                    failures.append(outcome)
+        if request.candidate_id is None and not request.keep_deployment and not failures:
+            self._forget_run(record)
+        report = CleanupReport(
+            run_id=request.run_id,
+            candidate_id=request.candidate_id,
+            reason=request.reason,
+            removed=removed,
+            failures=failures,
+        )
+        log.info(
+            "run_cleaned",
+            run_id=request.run_id,
+            candidate=request.candidate_id,
+            removed=len(removed),
+            failures=len(failures),
+            bytes_freed=report.bytes_freed,
+        )
+        return report
+
+    def clean_all(self, reason: CleanupReason = "requested") -> list[CleanupReport]:
+        return [
+            self.clean(CleanupRequest(run_id=run.run_id, reason=reason))
+            for run in all_runs(self.settings.home)
+        ]
+
+    def clean_expired(self, ttl_seconds: float) -> list[CleanupReport]:
+        return [
+            self.clean(CleanupRequest(run_id=run.run_id, reason="expired"))
+            for run in all_runs(self.settings.home)
+            if run.lease_age() > ttl_seconds
+        ]
+
+    def _remove(self, record: RunRecord, item: Resource) -> RemovedItem | CleanupFailure | None:
+        path = Path(item.path)
+        try:
+            if item.kind == "service":
+                stopped = item.pid is not None and stop_process(item.pid)
+                record.remove(item)
+                return (
+                    RemovedItem(what="service", path=item.path, bytes_freed=0) if stopped else None
+                )
+            if item.kind == "target_dir" and self._used_elsewhere(record, item):
+                record.remove(item)
+                return None
+            if not path.exists() and not path.is_symlink():
+                record.remove(item)
+                return None
+            size = disk_usage(path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            record.remove(item)
+            return RemovedItem(what=item.kind, path=item.path, bytes_freed=size)
+        except OSError as exc:
+            return CleanupFailure(path=item.path, reason=exc.strerror or str(exc))
+
+    def _used_elsewhere(self, record: RunRecord, item: Resource) -> bool:
+        """Does another run (or another candidate of this one, when cleaning one) use it?"""
+        for other in all_runs(self.settings.home):
+            for resource in other.items("target_dir"):
+                if resource.path != item.path:
+                    continue
+                if other.run_id != record.run_id or resource.candidate_id != item.candidate_id:
+                    return True
+        return False
+
+    def _delete_store_paths(
+        self,
+        record: RunRecord,
+        items: list[Resource],
+        removed: list[RemovedItem],
+        failures: list[CleanupFailure],
+    ) -> None:
+        # Delete outputs before what they were built from; each on its own, so one path still in
+        # use (rooted by another run) does not keep the others.
+        present = [item for item in items if Path(item.path).exists()]
+        for item in items:
+            if item not in present:
+                record.remove(item)
+        pending = sorted(present, key=lambda item: item.path.endswith(".drv"))
+        for _ in range(3):  # a path referenced by another of ours goes once that one is gone
+            still: list[Resource] = []
+            for item in pending:
+                size = disk_usage(Path(item.path))
+                try:
+                    self.nix.delete([item.path])
+                except CommandFailed:
+                    still.append(item)
+                    continue
+                record.remove(item)
+                removed.append(RemovedItem(what="store_path", path=item.path, bytes_freed=size))
+            if len(still) == len(pending):
+                break
+            pending = still
+        for item in pending:
+            failures.append(
+                CleanupFailure(
+                    path=item.path, reason="still in use (rooted or referenced elsewhere)"
+                )
+            )
+
+    def _forget_run(self, record: RunRecord) -> None:
+        if record.items():
+            return
+        shutil.rmtree(record.directory, ignore_errors=True)
+        for directory in (self.settings.workspaces_dir, self.settings.gcroots_dir):
+            run_dir = directory / record.run_id
+            if run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
