@@ -8,6 +8,7 @@ GROQ_API_KEY         the key for groq: models; never logged, sandboxed or writte
 FLAKEBOT_CONTACT     the contact in the crates.io User-Agent
 FLAKEBOT_LOG_LEVEL   debug | info | warning | error (info)
 FLAKEBOT_LOG_FORMAT  auto | json | console (auto: console on a terminal, else JSON)
+FLAKEBOT_LEASE_TTL   seconds a run's resources live before `flakebot clean --expired` (86400)
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ _ENV_NAMES = {
     "contact": "FLAKEBOT_CONTACT",
     "log_level": "FLAKEBOT_LOG_LEVEL",
     "log_format": "FLAKEBOT_LOG_FORMAT",
+    "lease_ttl": "FLAKEBOT_LEASE_TTL",
 }
 
 
@@ -124,6 +126,7 @@ class Settings(BaseModel):
     contact: str = PROJECT_URL
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
+    lease_ttl: float = 24 * 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +143,7 @@ class Settings(BaseModel):
             "contact": env.get("FLAKEBOT_CONTACT", "").strip() or PROJECT_URL,
             "log_level": env.get("FLAKEBOT_LOG_LEVEL", "").strip().lower() or "info",
             "log_format": env.get("FLAKEBOT_LOG_FORMAT", "").strip().lower() or "auto",
+            "lease_ttl": env.get("FLAKEBOT_LEASE_TTL", "").strip() or 24 * 3600.0,
         }
         try:
             return cls.model_validate(raw)

@@ -30,6 +30,7 @@ from flakebot.bundle import read_bundle, write_bundle
 from flakebot.cargo_toml import read_crate
 from flakebot.errors import ForkError
 from flakebot.pruning import prune_dev_dependency, unresolved_dependency
+from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
 from messages import CrateCandidate, PrunedItem, RegistryRef, ScoreParts, Workspace
@@ -76,6 +77,13 @@ class Forker:
             )
         source = _registry_source(Path(candidate.registry.location), candidate)
         path.parent.mkdir(parents=True, exist_ok=True)
+        record = RunRecord(self.settings.home, candidate.run_id)
+        record.add("workspace", path, candidate_id=candidate.candidate_id)
+        record.add(
+            "target_dir",
+            self.target_dir(candidate.name, candidate.version),
+            candidate_id=candidate.candidate_id,
+        )
         started = time.monotonic()
         origin = "registry-source"
         if candidate.repository and self._clone_upstream(candidate, path, branch):

@@ -1,0 +1,341 @@
+"""Deploying forks with real Nix builds: the flake, the manifest, services, and the janitor."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flakebot import manifest as manifests
+from flakebot.deployer import Deployer
+from flakebot.errors import DeployError
+from flakebot.flake_template import render_flake
+from flakebot.janitor import Janitor
+from flakebot.nix import Nix
+from flakebot.proc import run
+from flakebot.runstate import RunRecord
+from flakebot.sandbox import Sandbox, Toolchain
+from flakebot.settings import Settings
+from flakebot.workspace import Forker
+from messages import (
+    AcceptanceCase,
+    CleanupRequest,
+    Deployment,
+    OutputCheck,
+    RegistryRef,
+    ServiceProbe,
+    ServiceSettings,
+    ToolManifest,
+    ToolSpec,
+    Workspace,
+)
+from tests.conftest import Cli, candidate
+from tests.registry_helpers import DEBIAN_REGISTRY, make_crate
+
+pytestmark = pytest.mark.slow
+STORE = Path("/nix/store")
+SPEC = ToolSpec(
+    run_id="d1",
+    name="hexview",
+    summary="A hex viewer.",
+    search_queries=["hex viewer"],
+    acceptance=[
+        AcceptanceCase(
+            name="plain",
+            args=["--color", "never", "--border", "ascii"],
+            stdin="Flakebot",
+            stdout=OutputCheck(match="contains", value="46 6c 61 6b"),
+        ),
+        AcceptanceCase(
+            name="reads_a_file", args=["--color", "never", "f.bin"], input_files={"f.bin": "hi"}
+        ),
+    ],
+)
+
+
+@dataclass
+class Deployed:
+    settings: Settings
+    forker: Forker
+    deployer: Deployer
+    workspace: Workspace
+    deployment: Deployment
+    manifest: ToolManifest
+    store_before: set[str]
+
+
+def store() -> set[str]:
+    return set(os.listdir(STORE))
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    settings = Settings.from_env({"FLAKEBOT_HOME": str(tmp_path_factory.mktemp("deploy-home"))})
+    toolchain = Toolchain.find()
+    forker = Forker(settings, Sandbox(toolchain))
+    before = store()
+    workspace = forker.fork(
+        candidate("hexyl", "0.8.0", "c1-hexyl").model_copy(update={"run_id": "d1"})
+    )
+    deployer = Deployer(settings, toolchain)
+    deployment = deployer.deploy(workspace, SPEC, forker)
+    registry = RegistryRef(source="local", location=str(DEBIAN_REGISTRY))
+    manifest = manifests.build_manifest(
+        SPEC,
+        workspace,
+        deployment,
+        registry=registry,
+        toolchain=toolchain.version(),
+        run_command=deployer.nix.run_argv(
+            f"{deployment.flake_ref}#default", deployer.flake_args(DEBIAN_REGISTRY)
+        ),
+    )
+    yield Deployed(settings, forker, deployer, workspace, deployment, manifest, before)
+    Janitor(settings).clean_all()  # whatever the tests left
+
+
+def test_the_flake_is_standard_nixpkgs_form_and_parses() -> None:
+    text = render_flake(
+        pname="hex-view", version="1.0.0", bin_name="hexyl", description='say "hi" ${x}'
+    )
+    assert (
+        "pkgs.rustPlatform.buildRustPackage" in text
+        and "cargoLock.lockFile = ./Cargo.lock;" in text
+    )
+    assert 'inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";' in text
+    assert 'meta.mainProgram = "hexyl";' in text and 'say \\"hi\\" \\${x}' in text
+    parsed = run(["nix-instantiate", "--parse", "-"], timeout=60, stdin=text)
+    assert parsed.ok, parsed.stderr
+
+
+def test_hexyl_deploys_and_runs(deployed: Deployed) -> None:
+    deployment = deployed.deployment
+    assert deployment.store_path.startswith("/nix/store/") and deployment.store_path.endswith(
+        "-hexview-0.8.0"
+    )
+    assert deployment.nar_hash.startswith("sha256-")
+    assert Path(deployment.gc_root).resolve() == Path(deployment.store_path)
+    done = run([deployment.bin_path, "--color", "never"], timeout=30, stdin="AB")
+    assert done.ok and "41 42" in done.stdout
+    via_nix = run(
+        [*deployed.manifest.run_command, "--color", "never", "--border", "none"],
+        timeout=300,
+        stdin="Hi",
+    )
+    assert via_nix.ok, via_nix.stderr
+    assert "48 69" in via_nix.stdout
+
+
+def test_manifest_examples_reproduce_their_output(deployed: Deployed) -> None:
+    manifest = deployed.manifest
+    assert [example.name for example in manifest.examples] == ["plain", "reads_a_file"]
+    assert "A command-line hex viewer" in manifest.help_text
+    assert (
+        manifest.provenance.crate_name == "hexyl"
+        and manifest.provenance.nar_hash == deployed.deployment.nar_hash
+    )
+    assert manifest.provenance.toolchain.startswith("rustc ")
+    assert manifest.function_schema["function"]["name"] == "hexview"  # type: ignore[index,call-overload]
+    assert manifest.mcp_tool["inputSchema"]["required"] == ["args"]  # type: ignore[index,call-overload]
+    for example in manifest.examples:
+        scratch = deployed.settings.home / f"replay-{example.name}"
+        scratch.mkdir()
+        for relative, content in example.input_files.items():
+            (scratch / relative).write_text(content)
+        again = run(example.command, timeout=30, cwd=scratch, stdin=example.stdin or "")
+        assert (again.stdout, again.returncode) == (example.stdout, example.exit_code)
+    assert "68 69" in manifest.examples[1].stdout
+    markdown = manifests.to_markdown(manifest)
+    assert "## Examples" in markdown and manifest.store_path in markdown
+    manifests.save(deployed.settings.home, manifest)
+    assert manifests.load(deployed.settings.home, "d1") == manifest
+
+
+def test_two_deploys_give_the_same_store_path(deployed: Deployed) -> None:
+    started = time.monotonic()
+    again = deployed.deployer.deploy(deployed.workspace, SPEC, deployed.forker)
+    assert again.store_path == deployed.deployment.store_path
+    assert again.nar_hash == deployed.deployment.nar_hash
+    assert time.monotonic() - started < 60
+    stray = Path(deployed.workspace.path) / "NOTES.txt"
+    stray.write_text("an untracked file the build must not see\n")
+    assert (
+        deployed.deployer.deploy(deployed.workspace, SPEC, deployed.forker).store_path
+        == again.store_path
+    )
+    stray.unlink()
+
+
+def test_a_failing_build_is_a_deploy_error_with_the_log(tmp_path: Path, settings: Settings) -> None:
+    toolchain = Toolchain.find()
+    forker = Forker(settings, Sandbox(toolchain))
+    workspace = forker.fork(candidate("hexyl", "0.8.0", "c9-broken"))
+    squeezer = Path(workspace.path) / "src" / "squeezer.rs"
+    squeezer.write_text(squeezer.read_text() + 'pub const BROKEN: u32 = "x";\n')
+    forker.commit(workspace, "attempt 1: break it")
+    before = store()
+    with pytest.raises(DeployError) as caught:
+        Deployer(settings, toolchain).deploy(workspace, SPEC, forker)
+    assert "nix build of c9-broken failed" in caught.value.message
+    assert "E0308" in caught.value.log_tail or "mismatched types" in caught.value.log_tail
+    report = Janitor(settings).clean(CleanupRequest(run_id=workspace.run_id))
+    assert report.failures == []
+    assert store() <= before | set()  # what the failed build added is gone again
+
+
+SERVICE_MAIN = r"""
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--port").expect("--port");
+    let port = args[at + 1].clone();
+    let listener = TcpListener::bind(format!("127.0.0.1:{}", port)).expect("bind");
+    for stream in listener.incoming() {
+        let mut stream = stream.expect("accept");
+        let mut buffer = [0u8; 1024];
+        let read = stream.read(&mut buffer).unwrap_or(0);
+        let request = String::from_utf8_lossy(&buffer[..read]);
+        let health = request.starts_with("GET /health ");
+        let body = if health { "ok\n" } else { "hello from tinyhttp\n" };
+        let head = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: ";
+        let reply = format!("{}{}\r\n\r\n{}", head, body.len(), body);
+        let _ = stream.write_all(reply.as_bytes());
+    }
+}
+"""
+
+
+@pytest.fixture
+def service_deployed(tmp_path: Path, settings: Settings) -> Iterator[tuple[Deployed, set[str]]]:
+    registry = tmp_path / "registry"
+    make_crate(registry, "tinyhttp", "0.1.0", files={"src/main.rs": SERVICE_MAIN})
+    local = RegistryRef(source="local", location=str(registry))
+    toolchain = Toolchain.find()
+    forker = Forker(settings, Sandbox(toolchain, read_only=(registry,)))
+    spec = ToolSpec(
+        run_id="s1",
+        name="tinyhttp",
+        summary="A tiny HTTP service.",
+        tool_kind="service",
+        search_queries=["http"],
+        service=ServiceSettings(
+            args=["--port", "{port}"],
+            health_path="/health",
+            probes=[
+                ServiceProbe(name="root", expect_body=OutputCheck(match="contains", value="hello"))
+            ],
+        ),
+    )
+    before = store()
+    workspace = forker.fork(
+        candidate("tinyhttp", "0.1.0", "c1-tinyhttp", local).model_copy(update={"run_id": "s1"})
+    )
+    deployer = Deployer(settings, toolchain)
+    deployment = deployer.deploy(workspace, spec, forker)
+    yield Deployed(settings, forker, deployer, workspace, deployment, None, before), before  # type: ignore[arg-type]
+    Janitor(settings).clean(CleanupRequest(run_id="s1"))
+
+
+def test_a_service_deploys_answers_and_is_stopped_by_clean(
+    service_deployed: tuple[Deployed, set[str]],
+) -> None:
+    deployed, before = service_deployed
+    service = deployed.deployment.service
+    assert service is not None and service.url == f"http://127.0.0.1:{service.port}"
+    assert httpx.get(service.url + "/health", timeout=5).text == "ok\n"
+    assert "hello" in httpx.get(service.url + "/", timeout=5).text
+    report = Janitor(deployed.settings).clean(CleanupRequest(run_id="s1"))
+    assert "service" in [item.what for item in report.removed]
+    with pytest.raises(ProcessLookupError):
+        os.kill(service.pid, 0)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(service.url + "/health", timeout=2)
+    assert store() == before
+    assert not Path(deployed.workspace.path).exists()
+
+
+def test_clean_removes_every_path_the_run_made_and_no_other(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    settings = deployed.settings
+    # Something unrooted in the store that is not ours: clean must leave it.
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "flake.nix").write_text(
+        "{ outputs = { self }: { packages.x86_64-linux.default = derivation {\n"
+        '  name = "not-flakebots"; system = "x86_64-linux"; builder = "/bin/sh";\n'
+        '  args = [ "-c" "echo ${toString self.lastModified} > $out" ];\n'
+        "}; }; }\n"
+    )
+    nix = Nix()
+    others_before_clean = store()
+    nix.build(f"path:{probe}")
+    foreign_paths = store() - others_before_clean
+    try:
+        # A second run that builds the very same tool shares its store path.
+        second = deployed.forker.fork(
+            candidate("hexyl", "0.8.0", "c1-hexyl").model_copy(update={"run_id": "d2"})
+        )
+        again = deployed.deployer.deploy(second, SPEC, deployed.forker)
+        assert again.store_path == deployed.deployment.store_path
+
+        janitor = Janitor(settings)
+        first = janitor.clean(CleanupRequest(run_id="d1"))
+        kept = {failure.path for failure in first.failures}
+        assert deployed.deployment.store_path in kept  # still rooted by run d2
+        assert (
+            Path(deployed.deployment.store_path).exists()
+            and not Path(deployed.workspace.path).exists()
+        )
+        assert first.bytes_freed > 0
+
+        last = janitor.clean(CleanupRequest(run_id="d2"))
+        assert last.failures == []
+        again_d1 = janitor.clean(CleanupRequest(run_id="d1"))  # now the shared path can go
+        assert again_d1.failures == [] and not Path(deployed.deployment.store_path).exists()
+        assert janitor.clean(CleanupRequest(run_id="d1")).removed == []  # idempotent
+
+        assert foreign_paths and all((STORE / name).exists() for name in foreign_paths)
+        assert store() - foreign_paths == deployed.store_before
+        assert not (settings.home / "targets").exists() or not any(
+            (settings.home / "targets").iterdir()
+        )
+    finally:
+        nix.delete(sorted(str(STORE / name) for name in foreign_paths))
+
+
+def test_expired_leases_are_cleaned(settings: Settings) -> None:
+    record = RunRecord(settings.home, "old")
+    workspace = settings.workspaces_dir / "old" / "c1"
+    workspace.mkdir(parents=True)
+    (workspace / "file").write_text("x" * 100)
+    record.add("workspace", workspace, candidate_id="c1")
+    janitor = Janitor(settings)
+    assert janitor.clean_expired(ttl_seconds=3600) == []
+    (report,) = janitor.clean_expired(ttl_seconds=0)
+    assert report.reason == "expired" and report.bytes_freed == 100
+    assert not workspace.exists() and not record.exists()
+
+
+def test_cli_deploy_manifest_clean(cli: Cli, deployed: Deployed) -> None:
+    env = {"FLAKEBOT_HOME": str(deployed.settings.home)}
+    fork = cli("fork", "hexyl", "--run", "cli-d", "--json", env=env).json()
+    spec = Path(__file__).resolve().parent.parent / "examples" / "hexview.yaml"
+    deployed_cli = cli("deploy", fork["path"], "--spec", str(spec), "--json", env=env)
+    assert deployed_cli.code == 0, deployed_cli.stderr
+    shown = cli("manifest", "cli-d", env=env)
+    assert shown.code == 0 and shown.stdout.startswith("# hexview")
+    cleaned = cli("clean", "cli-d", "--json", env=env)
+    assert cleaned.code == 0, cleaned.stderr
+    assert not Path(fork["path"]).exists()
+    missing = cli("manifest", "cli-d", env=env)
+    assert missing.code == 2 and "has no manifest" in missing.stderr
+    both = cli("clean", "x", "--all", env=env)
+    assert both.code == 2 and "name one run" in both.stderr
