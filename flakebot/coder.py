@@ -10,9 +10,11 @@ not validate, or edits that cannot apply, are fed back and cost an attempt; they
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 import yaml
@@ -65,13 +67,40 @@ class AttemptOutcome:
     problems: list[str]
 
 
+class TestRunner(Protocol):
+    """Runs the tester somewhere: in this process (LocalTestRunner) or in a tester actor."""
+
+    async def test(
+        self, workdir: Path, target_dir: Path, *, run_id: str, candidate_id: str, attempt: int
+    ) -> TestReport: ...
+
+
+@dataclass
+class LocalTestRunner:
+    """The tester in this process, off the event loop."""
+
+    tester: Tester
+
+    async def test(
+        self, workdir: Path, target_dir: Path, *, run_id: str, candidate_id: str, attempt: int
+    ) -> TestReport:
+        return await asyncio.to_thread(
+            self.tester.test,
+            workdir,
+            target_dir,
+            run_id=run_id,
+            candidate_id=candidate_id,
+            attempt=attempt,
+        )
+
+
 @dataclass
 class CodeLoop:
     """Runs the edit-test loop for one candidate."""
 
     model: Model
     forker: Forker
-    tester: Tester
+    tester: TestRunner
     registry: CrateIndex
     budget: Budget
     transcript: Transcript
@@ -82,22 +111,34 @@ class CodeLoop:
         if self.on_attempt is not None:
             self.on_attempt(outcome)
 
-    async def run(self, workspace: Workspace, spec: ToolSpec) -> CandidateResult:
+    async def run(
+        self,
+        workspace: Workspace,
+        spec: ToolSpec,
+        *,
+        evidence: str | None = None,
+        first_attempt: int = 1,
+    ) -> CandidateResult:
+        """Edit and test until green or a bound. With `evidence` (a later step's failure, e.g. a
+        Nix build log), the model is asked to fix that even though the tests pass."""
         root = Path(workspace.path)
         bound = log.bind(candidate=workspace.candidate_id)
         bin_name = acceptance.choose_binary(spec, workspace.bin_names, workspace.crate_name)
         self._install_acceptance(root, spec, bin_name)
         self.forker.commit(workspace, f"flakebot: acceptance cases of {spec.name}")
-        report = self._test(workspace, attempt=0)
-        self._tell(AttemptOutcome(0, "the fork as it is", report, []))
-        if report.green:
+        report = await self._test(workspace, attempt=first_attempt - 1)
+        self._tell(AttemptOutcome(first_attempt - 1, "the fork as it is", report, []))
+        if report.green and evidence is None:
             bound.info("candidate_green", attempts=0, note="passed before any edit")
             return self._result(workspace, report, "green", attempts=0)
         feedback: list[str] = []
-        attempt = 0
+        if evidence is not None:
+            feedback = ["The tests pass, but a later step failed; fix this:", evidence[-6_000:]]
+        attempt = first_attempt - 1
+        last_attempt = first_attempt - 1 + self.max_attempts
         ended_by: EndedBy = "max_attempts"
         detail = ""
-        while attempt < self.max_attempts:
+        while attempt < last_attempt:
             attempt += 1
             try:
                 proposal = await self._propose(workspace, spec, bin_name, report, feedback, attempt)
@@ -120,7 +161,7 @@ class CodeLoop:
                 continue
             feedback = []
             self._install_acceptance(root, spec, bin_name)  # edits may not change the spec's cases
-            report = self._test(workspace, attempt=attempt)
+            report = await self._test(workspace, attempt=attempt)
             commit = self.forker.commit(
                 workspace, f"attempt {attempt}: {proposal.summary}\n\n{_outcome(report)}"
             )
@@ -136,8 +177,8 @@ class CodeLoop:
         has_regex = bool(self.registry.versions("regex"))
         acceptance.install(root, spec, bin_name, registry_has_regex=has_regex)
 
-    def _test(self, workspace: Workspace, *, attempt: int) -> TestReport:
-        return self.tester.test(
+    async def _test(self, workspace: Workspace, *, attempt: int) -> TestReport:
+        return await self.tester.test(
             Path(workspace.path),
             Path(workspace.target_dir),
             run_id=workspace.run_id,

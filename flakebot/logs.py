@@ -99,3 +99,11 @@ def bind_context(**context: str | int | None) -> None:
 
 def clear_context() -> None:
     structlog.contextvars.clear_contextvars()
+
+
+def setup_worker_logging() -> None:
+    """Ray's worker_process_setup_hook: JSON logs on stderr, at FLAKEBOT_LOG_LEVEL."""
+    import os
+
+    level = os.environ.get("FLAKEBOT_LOG_LEVEL", "info").lower()
+    configure_logging(level if level in ("debug", "info", "warning", "error") else "info", "json")  # type: ignore[arg-type]

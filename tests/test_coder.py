@@ -9,7 +9,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from flakebot.coder import AttemptOutcome, CodeLoop
+from flakebot.coder import AttemptOutcome, CodeLoop, LocalTestRunner
 from flakebot.crate_index import CrateIndex
 from flakebot.models import Budget, ScriptedModel, Transcript
 from flakebot.models.scripted import Script
@@ -61,7 +61,7 @@ def loop(
     return CodeLoop(
         model=model,
         forker=forker,
-        tester=Tester(sandbox),
+        tester=LocalTestRunner(Tester(sandbox)),
         registry=index,
         budget=options.pop("budget", Budget()),  # type: ignore[arg-type]
         transcript=Transcript(),

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from flakebot.cli import JsonFlag, app, load_settings, out, print_json
-from flakebot.coder import AttemptOutcome, CodeLoop
+from flakebot.coder import AttemptOutcome, CodeLoop, LocalTestRunner
 from flakebot.crate_index import CrateIndex, index_path
 from flakebot.errors import ConfigError
 from flakebot.models import Budget, Model, Transcript, load_model
@@ -124,7 +124,7 @@ def code(
     loop = CodeLoop(
         model=chosen,
         forker=forker,
-        tester=Tester(sandbox),
+        tester=LocalTestRunner(Tester(sandbox)),
         registry=crate_index,
         budget=Budget(),
         transcript=_transcript(settings, workspace.run_id),

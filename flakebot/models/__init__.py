@@ -13,7 +13,7 @@ from typing import assert_never
 import httpx
 
 from flakebot.errors import ConfigError
-from flakebot.models.base import CallContext, ChatMessage, Model, ModelReply, Usage
+from flakebot.models.base import CallContext, ChatMessage, Model, ModelReply, NoModel, Usage
 from flakebot.models.budget import Budget, Price
 from flakebot.models.groq_model import GroqModel
 from flakebot.models.openai_compat import OpenAICompatibleModel
@@ -47,6 +47,7 @@ __all__ = [
     "GroqModel",
     "Model",
     "ModelReply",
+    "NoModel",
     "OpenAICompatibleModel",
     "Price",
     "ScriptedModel",

@@ -107,3 +107,23 @@ def refuse_real_models_under_test(provider: str) -> None:
             f"refusing to call a real {provider} model: {FORBID_ENV}=1 (tests use the scripted "
             "model, or pass an httpx client on MockTransport)"
         )
+
+
+class NoModel:
+    """Stands in when no model is configured: a crate that already passes needs none."""
+
+    @property
+    def name(self) -> str:
+        return "none"
+
+    async def complete(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        output: type[BaseModel] | None = None,
+        context: CallContext,
+    ) -> ModelReply:
+        raise ModelUnavailable(
+            f"no model is configured, and the {context.role} needs one",
+            hint="pass --model (groq:NAME, openai:URL#NAME, scripted:FILE) or set FLAKEBOT_MODEL",
+        )

@@ -1,0 +1,78 @@
+"""`flakebot run`: the whole job for one request, through Ray."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from flakebot import manifest as manifests
+from flakebot.cli import JsonFlag, RegistryOption, app, err, load_settings, out, print_json
+from flakebot.cli.coding import ModelOption
+from flakebot.driver import Flakebot
+from messages import RunEvent, dump_message
+
+MARKS = {
+    "run_backtracked": "[yellow]↩[/]",
+    "candidate_failed": "[red]✗[/]",
+    "candidate_cancelled": "[dim]⊘[/]",
+    "candidate_won": "[green]✓[/]",
+    "tool_deployed": "[green]✓[/]",
+    "deploy_failed": "[red]✗[/]",
+    "run_failed": "[red]✗[/]",
+}
+
+
+@app.command("run")
+def run_command(
+    request: Annotated[str, typer.Argument(help="What the tool should do, or a spec file.")],
+    model: ModelOption = None,
+    candidates: Annotated[
+        int, typer.Option("--candidates", min=1, max=16, help="Candidates in parallel.")
+    ] = 3,
+    registry: RegistryOption = None,
+    address: Annotated[str | None, typer.Option("--address", help="Join this Ray cluster.")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="A plan file (YAML).")] = None,
+    all_candidates: Annotated[
+        bool, typer.Option("--all-candidates", help="Deploy the best green candidate.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Plan, scout, fork, code and test in parallel, deploy, and print the tool's manifest.
+
+    Progress goes to stderr (readable lines on a terminal, run_event JSON lines otherwise); the
+    manifest goes to stdout (Markdown, or the tool_manifest message with --json).
+    """
+    settings = load_settings()
+    terminal = sys.stderr.isatty()
+
+    def show(event: RunEvent) -> None:
+        if terminal:
+            who = f"[bold]{event.candidate_id}[/] " if event.candidate_id else ""
+            mark = MARKS.get(event.event, "·")
+            what = event.event.replace("_", " ")
+            err.print(f"{mark} {event.step:<8} {who}{what}: {escape(event.detail)}")
+        else:
+            sys.stderr.write(dump_message(event) + "\n")
+            sys.stderr.flush()
+
+    bot = Flakebot(
+        model=model,
+        registry=registry,
+        candidates=candidates,
+        address=address,
+        plan=plan,
+        all_candidates=all_candidates,
+        settings=settings,
+    )
+    try:
+        manifest = bot.build(request, on_event=show)
+    finally:
+        bot.close()
+    if as_json:
+        print_json(manifest)
+    else:
+        out.print(manifests.to_markdown(manifest), markup=False)

@@ -1,0 +1,83 @@
+"""The run's recorder: every message of a run, in order, with a time, append-only.
+
+The supervisor passes each step's input and output through `record` before the next step starts;
+`event` adds a RunEvent (progress, a backtrack and why). The history is kept in memory and appended
+to FLAKEBOT_HOME/runs/<run>/journal.jsonl, so a durable journal with resume can build on it
+without touching the roles.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from messages import AnyMessage, RunEvent, dump_message
+from messages.run import Scalar
+
+EventStep = str
+
+
+class Recorder:
+    """Ordered, timestamped history of one run."""
+
+    def __init__(
+        self,
+        run_id: str,
+        path: Path | None = None,
+        on_event: Callable[[RunEvent], None] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.path = path
+        self.on_event = on_event
+        self._lock = threading.Lock()
+        self.entries: list[tuple[float, AnyMessage]] = []
+        self._events = 0
+
+    def record(self, message: AnyMessage) -> AnyMessage:
+        with self._lock:
+            at = time.time()
+            self.entries.append((at, message))
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as journal:
+                    journal.write(
+                        json.dumps({"at": at, "message": json.loads(dump_message(message))}) + "\n"
+                    )
+        if isinstance(message, RunEvent) and self.on_event is not None:
+            self.on_event(message)
+        return message
+
+    def event(
+        self,
+        step: str,
+        event: str,
+        detail: str = "",
+        *,
+        candidate_id: str | None = None,
+        **data: Scalar,
+    ) -> RunEvent:
+        with self._lock:
+            seq = self._events
+            self._events += 1
+        message = RunEvent(
+            run_id=self.run_id,
+            seq=seq,
+            at=datetime.now(UTC),
+            step=step,
+            candidate_id=candidate_id,
+            event=event,
+            detail=detail,
+            data=data,
+        )
+        self.record(message)
+        return message
+
+    def events(self, since: int = 0) -> list[RunEvent]:
+        return [m for _, m in self.entries if isinstance(m, RunEvent) and m.seq >= since]
+
+    def messages(self) -> list[AnyMessage]:
+        return [message for _, message in self.entries]

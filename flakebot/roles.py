@@ -1,0 +1,234 @@
+"""The roles as plain classes, each taking and returning protocol messages.
+
+The Ray actors in `actors/` are thin wrappers around these; everything here runs without Ray.
+A role turns its own failures into a StepFailed message that names the step that owns them, so
+the supervisor can backtrack instead of crashing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import structlog
+
+from flakebot import manifest as manifests
+from flakebot.coder import CodeLoop, TestRunner
+from flakebot.crate_index import CrateIndex, index_path
+from flakebot.deployer import Deployer
+from flakebot.errors import DeployError, FlakebotError
+from flakebot.janitor import Janitor
+from flakebot.models import Budget, Model, NoModel, Transcript, load_model
+from flakebot.planner import Planner
+from flakebot.sandbox import Sandbox, Toolchain
+from flakebot.scout import Scout
+from flakebot.settings import ModelRef, Settings
+from flakebot.workspace import Forker, fork_registry
+from messages import (
+    CandidateResult,
+    CleanupReport,
+    CleanupRequest,
+    CrateCandidate,
+    CrateQuery,
+    Deployment,
+    RegistryRef,
+    StepFailed,
+    ToolManifest,
+    ToolRequest,
+    ToolSpec,
+    Workspace,
+)
+from messages.base import Step
+
+log = structlog.get_logger()
+
+_STOPWORDS = {"the", "and", "for", "with", "that", "this", "from", "into", "tool", "a", "an", "of"}
+
+
+def step_failed(
+    run_id: str,
+    step: Step,
+    error: BaseException,
+    *,
+    candidate_id: str | None = None,
+    backtrack_to: Step | None = None,
+    evidence: str = "",
+) -> StepFailed:
+    message = (
+        error.message if isinstance(error, FlakebotError) else f"{type(error).__name__}: {error}"
+    )
+    return StepFailed(
+        run_id=run_id,
+        candidate_id=candidate_id,
+        step=step,
+        error_type=type(error).__name__,
+        reason=message[:4_000] or type(error).__name__,
+        evidence=evidence[-8_000:],
+        retryable=backtrack_to is not None,
+        backtrack_to=backtrack_to,
+    )
+
+
+def _model(settings: Settings, model_ref: ModelRef | None) -> Model | None:
+    ref = model_ref or settings.model
+    return None if ref is None else load_model(ref, settings)
+
+
+class PlannerRole:
+    def __init__(self, settings: Settings, model_ref: ModelRef | None) -> None:
+        self.settings = settings
+        self.model_ref = model_ref
+
+    async def plan(self, request: ToolRequest) -> ToolSpec:
+        transcript = Transcript(
+            self.settings.home / "runs" / request.run_id / "model-transcript.jsonl"
+        )
+        planner = Planner(_model(self.settings, self.model_ref), transcript=transcript)
+        return await planner.plan(request)
+
+    async def widen(self, spec: ToolSpec) -> ToolSpec:
+        """Broader queries: every distinctive word of the queries and the name on its own."""
+        words = [spec.name.replace("-", " ")]
+        for query in spec.search_queries:
+            words += [w for w in re.findall(r"[a-z0-9]+", query.lower()) if w not in _STOPWORDS]
+        queries = list(dict.fromkeys([*spec.search_queries, *words]))
+        return spec.model_copy(update={"search_queries": queries[:12]})
+
+
+class ScoutRole:
+    def __init__(self, settings: Settings) -> None:
+        self.scout = Scout(settings)
+
+    async def scout_crates(self, query: CrateQuery) -> list[CrateCandidate]:
+        return await self.scout.scout(query)
+
+
+class DeveloperRole:
+    """Forks one candidate and runs its edit-test loop; keeps the fork for revisions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model_ref: ModelRef | None,
+        tester: TestRunner,
+        *,
+        max_attempts: int = 4,
+    ) -> None:
+        self.settings = settings
+        self.model_ref = model_ref
+        self.tester = tester
+        self.max_attempts = max_attempts
+        self.attempts_used = 0
+
+    def _loop(self, workspace: Workspace) -> CodeLoop:
+        directory = fork_registry(Path(workspace.path)) or Path("/usr/share/cargo/registry")
+        toolchain = Toolchain.find()
+        sandbox = Sandbox(
+            toolchain, read_only=() if directory.is_relative_to("/usr") else (directory,)
+        )
+        model = _model(self.settings, self.model_ref) or NoModel()
+        index = CrateIndex(directory, index_path(self.settings.home, directory))
+        index.refresh()
+        return CodeLoop(
+            model=model,
+            forker=Forker(self.settings, sandbox),
+            tester=self.tester,
+            registry=index,
+            budget=Budget(),
+            transcript=Transcript(
+                self.settings.home / "runs" / workspace.run_id / "model-transcript.jsonl"
+            ),
+            max_attempts=self.max_attempts,
+        )
+
+    async def develop(
+        self, candidate: CrateCandidate, spec: ToolSpec
+    ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
+        directory = Path(candidate.registry.location)
+        sandbox = Sandbox(
+            Toolchain.find(), read_only=() if directory.is_relative_to("/usr") else (directory,)
+        )
+        try:
+            workspace = Forker(self.settings, sandbox).fork(candidate)
+        except FlakebotError as exc:
+            return None, step_failed(
+                candidate.run_id,
+                "fork",
+                exc,
+                candidate_id=candidate.candidate_id,
+                backtrack_to="scout",
+            )
+        try:
+            result = await self._loop(workspace).run(workspace, spec)
+        except FlakebotError as exc:
+            return workspace, step_failed(
+                candidate.run_id,
+                "code",
+                exc,
+                candidate_id=candidate.candidate_id,
+                backtrack_to="scout",
+            )
+        self.attempts_used = result.attempts
+        return workspace, result
+
+    async def revise(
+        self, workspace: Workspace, spec: ToolSpec, evidence: str
+    ) -> CandidateResult | StepFailed:
+        """Fix what a later step (the deploy) found, starting after the attempts already made."""
+        try:
+            result = await self._loop(workspace).run(
+                workspace, spec, evidence=evidence, first_attempt=self.attempts_used + 1
+            )
+        except FlakebotError as exc:
+            return step_failed(workspace.run_id, "code", exc, candidate_id=workspace.candidate_id)
+        self.attempts_used += result.attempts
+        return result
+
+
+class DeployerRole:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.toolchain = Toolchain.find()
+        self.deployer = Deployer(settings, self.toolchain)
+
+    def deploy(self, workspace: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
+        toolchain = self.toolchain
+        forker = Forker(self.settings, Sandbox(toolchain))
+        try:
+            return self.deployer.deploy(workspace, spec, forker)
+        except DeployError as exc:
+            return step_failed(
+                workspace.run_id,
+                "deploy",
+                exc,
+                candidate_id=workspace.candidate_id,
+                backtrack_to="code",
+                evidence=exc.log_tail,
+            )
+        except FlakebotError as exc:
+            return step_failed(workspace.run_id, "deploy", exc, candidate_id=workspace.candidate_id)
+
+    def instruct(
+        self, workspace: Workspace, spec: ToolSpec, deployment: Deployment
+    ) -> ToolManifest:
+        registry = fork_registry(Path(workspace.path)) or Path("/usr/share/cargo/registry")
+        manifest = manifests.build_manifest(
+            spec,
+            workspace,
+            deployment,
+            registry=RegistryRef(source="local", location=str(registry)),
+            toolchain=self.toolchain.version(),
+            run_command=self.deployer.nix.run_argv(
+                f"{deployment.flake_ref}#default", self.deployer.flake_args(registry)
+            ),
+        )
+        manifests.save(self.settings.home, manifest)
+        return manifest
+
+
+class JanitorRole:
+    def __init__(self, settings: Settings) -> None:
+        self.janitor = Janitor(settings)
+
+    def clean(self, request: CleanupRequest) -> CleanupReport:
+        return self.janitor.clean(request)
