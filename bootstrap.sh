@@ -91,4 +91,4 @@ fi
 
 trap - ERR
 step "ready"
-note "next: .venv/bin/flakebot doctor    tests: .venv/bin/pytest"
+note "ready: .venv/bin/flakebot doctor checks each piece; .venv/bin/pytest runs the tests"

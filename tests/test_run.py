@@ -1,0 +1,198 @@
+"""Whole runs through one shared local Ray cluster: real actors, cargo, bwrap and Nix.
+
+- end to end on hexyl with the scripted model, to a manifest whose `nix run` works;
+- two candidates in parallel, the first of which cannot build: the second wins, the first is
+  cancelled promptly and cleaned;
+- a deploy failure sends the run back to the coder with the Nix log, and it then succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from flakebot.driver import Flakebot
+from flakebot.janitor import Janitor
+from flakebot.proc import run
+from flakebot.settings import Settings
+from messages import (
+    AcceptanceCase,
+    CleanupRequest,
+    OutputCheck,
+    RunEvent,
+    ToolSpec,
+    parse_message,
+)
+from tests.registry_helpers import make_crate
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="session")
+def ray_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """One local Ray cluster for the session, its workers sharing one FLAKEBOT_HOME."""
+    home = tmp_path_factory.mktemp("ray-home")
+    settings = Settings.from_env({"FLAKEBOT_HOME": str(home)})
+    env = {
+        "FLAKEBOT_HOME": str(home),
+        "FLAKEBOT_FORBID_REAL_MODELS": "1",
+        "PATH": os.environ["PATH"],
+    }
+    ray.init(
+        num_cpus=2,
+        resources={"cargo": 2},
+        include_dashboard=False,
+        runtime_env={"env_vars": env},
+        log_to_driver=False,
+    )
+    yield settings
+    ray.shutdown()
+
+
+def journal(settings: Settings, run_id: str) -> list[object]:
+    lines = (settings.home / "runs" / run_id / "journal.jsonl").read_text().splitlines()
+    return [parse_message(json.dumps(json.loads(line)["message"])) for line in lines]
+
+
+def test_end_to_end_on_hexyl(ray_home: Settings) -> None:
+    events: list[RunEvent] = []
+    store_before = set(os.listdir("/nix/store"))
+    bot = Flakebot(
+        model=f"scripted:{EXAMPLES / 'hexview-script.yaml'}", candidates=2, settings=ray_home
+    )
+    manifest = bot.build(EXAMPLES / "hexview.yaml", on_event=events.append)
+    assert manifest.name == "hexview" and manifest.provenance.crate_name == "hexyl"
+    done = run([*manifest.run_command, "--border", "none"], timeout=300, stdin="Flakebot")
+    assert done.ok, done.stderr
+    assert "46 6c 61 6b 65 62 6f 74" in done.stdout and "\x1b[" not in done.stdout  # no colours
+    assert all("\x1b[" not in example.stdout for example in manifest.examples)
+    assert "[default: never]" in manifest.help_text  # the coder's edit is in the built tool
+
+    kinds = [event.event for event in events]
+    assert kinds[0] == "spec_planned" and kinds[-1] == "run_finished"
+    assert "candidate_won" in kinds and "tool_deployed" in kinds
+    assert [event.seq for event in events] == list(range(len(events)))
+    recorded = journal(ray_home, manifest.run_id)
+    seen = {message.kind for message in recorded}
+    assert {"tool_spec", "crate_query", "crate_candidate", "workspace", "candidate_result",
+            "deployment", "tool_manifest", "run_event"} <= seen  # fmt: skip
+    report = Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
+    assert report.failures == [] and not (ray_home.workspaces_dir / manifest.run_id).exists()
+    assert set(os.listdir("/nix/store")) <= store_before  # what the run added is gone
+
+
+QUICKHEX = """use std::io::Read;
+fn main() {
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input).unwrap();
+    let hex: Vec<String> = input.iter().map(|b| format!("{:02x}", b)).collect();
+    println!("{}", hex.join(" "));
+}
+"""
+
+
+def test_two_candidates_first_cannot_build_second_wins(ray_home: Settings, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    make_crate(
+        registry,
+        "slowbreak",
+        "0.1.0",
+        description="hex dump tool that never builds",
+        files={
+            "build.rs": "use std::time::Duration;\nfn main() {\n"
+            "    std::thread::sleep(Duration::from_secs(120));\n"
+            '    panic!("slowbreak never builds");\n}\n',
+            "src/main.rs": "fn main() {}\n",
+        },
+    )
+    make_crate(
+        registry, "quickhex", "0.1.0", description="hex dump tool", files={"src/main.rs": QUICKHEX}
+    )
+    spec = ToolSpec(
+        run_id="x",
+        name="hexdump",
+        summary="Prints the bytes of stdin as hex.",
+        search_queries=["hex dump tool"],
+        preferred_crates=["slowbreak", "quickhex"],
+        acceptance=[
+            AcceptanceCase(
+                name="dumps", stdin="AB", stdout=OutputCheck(match="contains", value="41 42")
+            )
+        ],
+    )
+    events: list[RunEvent] = []
+    started = time.monotonic()
+    manifest = Flakebot(registry=f"local:{registry}", candidates=2, settings=ray_home).build(
+        spec, on_event=events.append
+    )
+    elapsed = time.monotonic() - started
+    assert manifest.provenance.crate_name == "quickhex"
+    assert elapsed < 115, "the loser was waited for instead of cancelled"
+    cancelled = [e for e in events if e.event == "candidate_cancelled"]
+    assert [str(e.candidate_id).split("-", 1)[1] for e in cancelled] == ["slowbreak"]
+    workspaces = ray_home.workspaces_dir / manifest.run_id
+    assert not list(workspaces.glob("*-slowbreak"))  # cleaned
+    assert list(workspaces.glob("*-quickhex"))
+    still_sleeping = run(["pgrep", "-f", "slowbreak"], timeout=10)
+    assert still_sleeping.returncode == 1, still_sleeping.stdout
+    Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
+
+
+RELFAIL_BUILD = """fn main() {
+    if std::env::var("PROFILE").as_deref() == Ok("release") {
+        panic!("relfail: release builds are switched off by this check");
+    }
+}
+"""
+
+
+def test_a_deploy_failure_goes_back_to_the_coder_with_the_nix_log(
+    ray_home: Settings, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    make_crate(
+        registry,
+        "relfail",
+        "0.1.0",
+        description="release tool",
+        files={"build.rs": RELFAIL_BUILD, "src/main.rs": 'fn main() { println!("relfail ok"); }\n'},
+    )
+    script = tmp_path / "script.yaml"
+    script.write_text(
+        "replies:\n"
+        "  - role: coder\n    candidate: relfail\n    json:\n"
+        "      summary: drop the check that refuses release builds\n"
+        '      edits:\n        - {op: write, path: build.rs, content: "fn main() {}\\n"}\n'
+    )
+    spec = ToolSpec(
+        run_id="x",
+        name="relfail",
+        summary="Says ok.",
+        search_queries=["release tool"],
+        acceptance=[
+            AcceptanceCase(name="says_ok", stdout=OutputCheck(match="contains", value="ok"))
+        ],
+    )
+    events: list[RunEvent] = []
+    manifest = Flakebot(
+        model=f"scripted:{script}", registry=f"local:{registry}", candidates=1, settings=ray_home
+    ).build(spec, on_event=events.append)
+    kinds = [event.event for event in events]
+    order = [kinds.index(name) for name in ("deploy_failed", "run_backtracked", "tool_deployed")]
+    assert order == sorted(order)
+    backtrack = next(event for event in events if event.event == "run_backtracked")
+    assert backtrack.data["to"] == "code" and "Nix log" in backtrack.detail
+    transcript = ray_home.home / "runs" / manifest.run_id / "model-transcript.jsonl"
+    prompts = [
+        json.loads(line)["messages"][-1]["content"] for line in transcript.read_text().splitlines()
+    ]
+    assert any("release builds are switched off" in prompt for prompt in prompts)
+    assert run([manifest.bin_path], timeout=30).stdout == "relfail ok\n"
+    Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
