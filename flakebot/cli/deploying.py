@@ -12,13 +12,13 @@ from rich.markup import escape
 from flakebot import manifest as manifests
 from flakebot.cargo_toml import read_crate
 from flakebot.cli import JsonFlag, app, load_settings, out, print_json
-from flakebot.deployer import Deployer
 from flakebot.errors import ConfigError
 from flakebot.janitor import Janitor
+from flakebot.roles import DeployerRole
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.specs import load_spec
-from flakebot.workspace import Forker, fork_registry
-from messages import CleanupReport, CleanupRequest, RegistryRef, ToolSpec
+from flakebot.workspace import Forker
+from messages import CleanupReport, CleanupRequest, ToolSpec
 
 
 @app.command()
@@ -37,20 +37,10 @@ def deploy(
         if spec
         else _spec_from_crate(workspace.path, workspace.run_id)
     )
-    deployer = Deployer(settings, toolchain)
-    deployment = deployer.deploy(workspace, tool_spec, forker)
-    registry = fork_registry(Path(workspace.path)) or Path("/usr/share/cargo/registry")
-    manifest = manifests.build_manifest(
-        tool_spec,
-        workspace,
-        deployment,
-        registry=RegistryRef(source="local", location=str(registry)),
-        toolchain=toolchain.version(),
-        run_command=deployer.nix.run_argv(
-            f"{deployment.flake_ref}#default", deployer.flake_args(registry)
-        ),
-    )
-    saved = manifests.save(settings.home, manifest)
+    role = DeployerRole(settings)
+    deployment = role.deployer.deploy(workspace, tool_spec, forker)  # DeployError: message + log
+    manifest = role.instruct(workspace, tool_spec, deployment)
+    saved = settings.home / "runs" / workspace.run_id / "manifest.json"
     if as_json:
         print_json({"deployment": deployment, "manifest": manifest})
         return
