@@ -15,14 +15,15 @@ the same async methods can drive a run.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 
 from flakebot.errors import FlakebotError
 from flakebot.recorder import Recorder
-from flakebot.runplan import RunPlan, default_plan
+from flakebot.runplan import RunPlan, StepName, default_plan
 from messages import (
     CandidateResult,
     CleanupReport,
@@ -40,6 +41,8 @@ from messages import (
 from messages.deploy import CleanupReason
 
 log = structlog.get_logger()
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class RunFailed(FlakebotError):
@@ -157,8 +160,8 @@ class Supervisor:
         self.recorder.event("run", "run_backtracked", reason, to=to, count=backtracks + 1)
         return backtracks + 1
 
-    async def _retry(self, step: str, call, argument):  # type: ignore[no-untyped-def]
-        retries = self.plan.step(step).retries  # type: ignore[arg-type]
+    async def _retry(self, step: StepName, call: Callable[[A], Awaitable[R]], argument: A) -> R:
+        retries = self.plan.step(step).retries
         for attempt in range(retries + 1):
             try:
                 return await call(argument)

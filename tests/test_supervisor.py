@@ -1,0 +1,238 @@
+"""The supervisor's plan logic on plain roles in this process: backtracking and its bound.
+
+The roles here answer from tables instead of running cargo and Nix (test_run.py runs the real
+ones through Ray); what is under test is which step the supervisor goes back to, and when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from flakebot.recorder import Recorder
+from flakebot.runplan import default_plan
+from flakebot.supervisor import RunFailed, Supervisor
+from messages import (
+    CandidateResult,
+    CleanupReport,
+    CleanupRequest,
+    CrateCandidate,
+    CrateQuery,
+    Deployment,
+    Provenance,
+    RegistryRef,
+    ScoreParts,
+    StageResult,
+    StepFailed,
+    TestReport,
+    ToolManifest,
+    ToolRequest,
+    ToolSpec,
+    Workspace,
+)
+
+REGISTRY = RegistryRef(source="local", location="/registry")
+COMMIT = "a" * 40
+STORE = "/nix/store/" + "b" * 32 + "-tool-1.0.0"
+SPEC = ToolSpec(run_id="r", name="tool", summary="A tool.", search_queries=["hex viewer"])
+
+
+def candidate(name: str, rank: int) -> CrateCandidate:
+    return CrateCandidate(
+        run_id="r",
+        candidate_id=f"c{rank}-{name}",
+        name=name,
+        version="1.0.0",
+        registry=REGISTRY,
+        score=1.0 / rank,
+        score_parts=ScoreParts(relevance=1.0),
+    )
+
+
+def workspace(c: CrateCandidate) -> Workspace:
+    return Workspace(
+        run_id="r",
+        candidate_id=c.candidate_id,
+        crate_name=c.name,
+        crate_version="1.0.0",
+        path=f"/w/{c.candidate_id}",
+        branch="flakebot/r",
+        head_commit=COMMIT,
+        origin="registry-source",
+        target_dir="/t",
+    )
+
+
+def result(c: CrateCandidate, green: bool) -> CandidateResult:
+    stage = StageResult(stage="build", status="passed" if green else "failed", duration_s=1.0)
+    report = TestReport(
+        run_id="r", candidate_id=c.candidate_id, attempt=1, stages=[stage], sandboxed=True
+    )
+    return CandidateResult(
+        run_id="r",
+        candidate_id=c.candidate_id,
+        crate_name=c.name,
+        crate_version="1.0.0",
+        status="green" if green else "failed",
+        ended_by="green" if green else "max_attempts",
+        attempts=1,
+        workspace_path=f"/w/{c.candidate_id}",
+        last_report=report,
+    )
+
+
+@dataclass
+class TableRoles:
+    """Scout batches, which crates go green, and deploy outcomes, from tables."""
+
+    batches: list[list[str]]
+    green: set[str]
+    deploy_failures: int = 0
+    delays: dict[str, float] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    async def plan(self, request: ToolRequest) -> ToolSpec:
+        return SPEC
+
+    async def widen(self, spec: ToolSpec) -> ToolSpec:
+        self.calls.append("widen")
+        return spec.model_copy(update={"search_queries": [*spec.search_queries, "hex"]})
+
+    async def scout(self, query: CrateQuery) -> list[CrateCandidate]:
+        self.calls.append(f"scout exclude={query.exclude}")
+        names = self.batches.pop(0) if self.batches else []
+        return [candidate(name, rank) for rank, name in enumerate(names, start=1)]
+
+    async def develop(
+        self, c: CrateCandidate, spec: ToolSpec
+    ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
+        await asyncio.sleep(self.delays.get(c.name, 0.0))
+        self.calls.append(f"developed {c.name}")
+        return workspace(c), result(c, c.name in self.green)
+
+    async def revise(
+        self, ws: Workspace, spec: ToolSpec, evidence: str
+    ) -> CandidateResult | StepFailed:
+        self.calls.append(f"revise with {evidence}")
+        return result(candidate(ws.crate_name, 1), True)
+
+    async def deploy(self, ws: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
+        if self.deploy_failures:
+            self.deploy_failures -= 1
+            return StepFailed(
+                run_id="r",
+                candidate_id=ws.candidate_id,
+                step="deploy",
+                error_type="DeployError",
+                reason="nix build failed",
+                evidence="NIX LOG",
+                retryable=True,
+                backtrack_to="code",
+            )
+        return Deployment(
+            run_id="r",
+            candidate_id=ws.candidate_id,
+            flake_ref="git+file:///w",
+            system="x86_64-linux",
+            store_path=STORE,
+            bin_path=f"{STORE}/bin/tool",
+            nar_hash="sha256-x",
+            gc_root="/g",
+        )
+
+    async def instruct(self, ws: Workspace, spec: ToolSpec, deployment: Deployment) -> ToolManifest:
+        return ToolManifest(
+            run_id="r",
+            name=spec.name,
+            summary=spec.summary,
+            tool_kind="cli",
+            run_command=["nix", "run"],
+            store_path=STORE,
+            bin_path=deployment.bin_path,
+            help_text="",
+            function_schema={},
+            mcp_tool={},
+            provenance=Provenance(
+                crate_name=ws.crate_name,
+                crate_version="1.0.0",
+                license=None,
+                repository=None,
+                registry=REGISTRY,
+                fork_commit=COMMIT,
+                toolchain="rustc",
+                nar_hash="sha256-x",
+            ),
+            cleanup_command=["flakebot", "clean", "r"],
+        )
+
+    async def cancel(self, candidate_id: str) -> None:
+        self.calls.append(f"cancel {candidate_id}")
+
+    async def clean(self, request: CleanupRequest) -> CleanupReport:
+        self.calls.append(f"clean {request.candidate_id} {request.reason}")
+        return CleanupReport(run_id="r", candidate_id=request.candidate_id, reason=request.reason)
+
+
+def supervise(roles: TableRoles, *, max_backtracks: int = 4) -> tuple[Supervisor, Recorder]:
+    plan = default_plan().model_copy(update={"max_backtracks": max_backtracks})
+    recorder = Recorder("r")
+    return Supervisor(
+        roles=roles, recorder=recorder, registry=REGISTRY, plan=plan, candidates=2
+    ), recorder
+
+
+def events(recorder: Recorder) -> list[tuple[str, str]]:
+    return [(event.event, event.detail) for event in recorder.events()]
+
+
+def test_first_green_wins_and_the_slower_one_is_cancelled_and_cleaned() -> None:
+    roles = TableRoles(batches=[["slow", "fast"]], green={"slow", "fast"}, delays={"slow": 5.0})
+    supervisor, _ = supervise(roles)
+    started = datetime.now(UTC)
+    manifest = asyncio.run(supervisor.run(SPEC))
+    assert manifest.provenance.crate_name == "fast"
+    assert (datetime.now(UTC) - started).total_seconds() < 4
+    assert "cancel c1-slow" in roles.calls and "clean c1-slow cancelled" in roles.calls
+    assert "developed slow" not in roles.calls
+
+
+def test_a_failed_batch_goes_back_to_the_scout_excluding_what_was_tried() -> None:
+    roles = TableRoles(batches=[["a", "b"], ["c"]], green={"c"})
+    supervisor, recorder = supervise(roles)
+    manifest = asyncio.run(supervisor.run(SPEC))
+    assert manifest.provenance.crate_name == "c"
+    assert "scout exclude=['a', 'b']" in roles.calls
+    assert ("run_backtracked", "every candidate of the batch failed") in events(recorder)
+    assert "clean c1-a failed" in roles.calls and "clean c2-b failed" in roles.calls
+
+
+def test_no_candidate_goes_back_to_the_planner_to_widen() -> None:
+    roles = TableRoles(batches=[[], ["a"]], green={"a"})
+    supervisor, recorder = supervise(roles)
+    asyncio.run(supervisor.run(SPEC))
+    assert roles.calls[1] == "widen"
+    assert ("run_backtracked", "no candidate found: widening the queries") in events(recorder)
+
+
+def test_a_deploy_failure_goes_back_to_the_coder_with_the_log() -> None:
+    roles = TableRoles(batches=[["a"]], green={"a"}, deploy_failures=1)
+    supervisor, recorder = supervise(roles)
+    asyncio.run(supervisor.run(SPEC))
+    assert "revise with NIX LOG" in roles.calls
+    backtracks = [e for e in recorder.events() if e.event == "run_backtracked"]
+    assert backtracks[0].data["to"] == "code"
+
+
+def test_backtracks_are_bounded_and_a_failed_run_is_cleaned() -> None:
+    roles = TableRoles(batches=[["a"], ["b"], ["c"], ["d"]], green=set())
+    supervisor, recorder = supervise(roles, max_backtracks=2)
+    with pytest.raises(RunFailed, match="no more backtracks"):
+        asyncio.run(supervisor.run(SPEC))
+    assert len([e for e in recorder.events() if e.event == "run_backtracked"]) == 2
+    assert roles.calls[-1] == "clean None failed"
+    assert recorder.events()[-1].event == "run_failed"
+    kinds = [message.kind for message in recorder.messages()]
+    assert kinds[0] == "tool_spec" and "crate_query" in kinds and "candidate_result" in kinds
