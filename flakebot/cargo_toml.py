@@ -307,3 +307,30 @@ def target_applies(target: str) -> bool:
         return expression()
     except IndexError:
         return False
+
+
+def package_dir(root: Path, name: str | None = None) -> Path:
+    """The directory of package `name` in the tree at `root`: the root itself when its Cargo.toml
+    has that [package], else a member of its (virtual) workspace. Without a name, the root's own
+    package, or the workspace's only member with a binary."""
+    try:
+        own = tomllib.loads((root / "Cargo.toml").read_text()).get("package")
+    except (OSError, tomllib.TOMLDecodeError):
+        own = None
+    if isinstance(own, dict) and (name is None or own.get("name") == name):
+        return root
+    members = []
+    for manifest in sorted(root.glob("*/Cargo.toml")) + sorted(root.glob("*/*/Cargo.toml")):
+        try:
+            record = read_crate(manifest.parent)
+        except ManifestError:
+            continue
+        if name is not None and record.name == name:
+            return manifest.parent
+        if name is None and record.bin_names:
+            members.append(manifest.parent)
+    if name is None and len(members) == 1:
+        return members[0]
+    raise ManifestError(
+        f"{root} has no package {name!r}" if name else f"{root} has no single binary package"
+    )

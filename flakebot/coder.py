@@ -122,9 +122,10 @@ class CodeLoop:
         """Edit and test until green or a bound. With `evidence` (a later step's failure, e.g. a
         Nix build log), the model is asked to fix that even though the tests pass."""
         root = Path(workspace.path)
+        package = root / Path(workspace.manifest_path).parent  # a workspace member, or the root
         bound = log.bind(candidate=workspace.candidate_id)
         bin_name = acceptance.choose_binary(spec, workspace.bin_names, workspace.crate_name)
-        self._install_acceptance(root, spec, bin_name)
+        self._install_acceptance(package, spec, bin_name)
         self.forker.commit(workspace, f"flakebot: acceptance cases of {spec.name}")
         report = await self._test(workspace, attempt=first_attempt - 1)
         self._tell(AttemptOutcome(first_attempt - 1, "the fork as it is", report, []))
@@ -160,7 +161,9 @@ class CodeLoop:
                 self._tell(AttemptOutcome(attempt, proposal.summary, None, problems))
                 continue
             feedback = []
-            self._install_acceptance(root, spec, bin_name)  # edits may not change the spec's cases
+            self._install_acceptance(
+                package, spec, bin_name
+            )  # edits may not change the spec's cases
             report = await self._test(workspace, attempt=attempt)
             commit = self.forker.commit(
                 workspace, f"attempt {attempt}: {proposal.summary}\n\n{_outcome(report)}"

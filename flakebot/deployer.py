@@ -93,6 +93,7 @@ class Deployer:
             version=workspace.crate_version,
             bin_name=bin_name,
             description=spec.summary,
+            subdir=str(Path(workspace.manifest_path).parent),
         ):
             forker.commit(workspace, f"flakebot: flake.nix for {spec.name}")
         flake_ref = f"git+file://{root}"

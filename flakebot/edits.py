@@ -35,7 +35,7 @@ def check_path(root: Path, relative: str) -> str | None:
     parts = Path(relative).parts
     if parts[0] in PROTECTED_DIRS:
         return f"{relative}: files under {parts[0]}/ are not yours to edit"
-    if relative in PROTECTED_FILES:
+    if relative in PROTECTED_FILES or relative.endswith(f"/{TEST_PATH}"):
         return f"{relative}: flakebot manages this file (cargo's lock, or generated from the spec)"
     current = root
     for part in parts:

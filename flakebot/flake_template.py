@@ -33,7 +33,7 @@ TEMPLATE = """{
             src = ./.;
             filter = path: type: !(builtins.elem (baseNameOf path) excluded);
           };
-          cargoLock.lockFile = ./Cargo.lock;
+          cargoLock.lockFile = ./Cargo.lock;@SUBDIR@
           doCheck = false; # flakebot's tester ran cargo test in its sandbox before deploying
           meta.mainProgram = "@BIN@";
           meta.description = "@DESCRIPTION@";
@@ -57,8 +57,13 @@ def nix_string(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${").replace("\n", " ")
 
 
-def render_flake(*, pname: str, version: str, bin_name: str, description: str) -> str:
+def render_flake(
+    *, pname: str, version: str, bin_name: str, description: str, subdir: str = "."
+) -> str:
     values = {
+        "@SUBDIR@": ""
+        if subdir in ("", ".")
+        else f'\n          buildAndTestSubdir = "{nix_string(subdir)}";',
         "@DESCRIPTION@": nix_string(description),
         "@SYSTEM@": current_system(),
         "@PNAME@": nix_string(pname),

@@ -115,7 +115,7 @@ def build_manifest(
     toolchain: str,
     run_command: list[str],
 ) -> ToolManifest:
-    record = read_crate(Path(workspace.path))
+    record = read_crate(Path(workspace.path) / Path(workspace.manifest_path).parent)
     fork_commit = str(pygit2.Repository(workspace.path).head.target)
     return ToolManifest(
         run_id=workspace.run_id,

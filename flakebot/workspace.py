@@ -27,8 +27,8 @@ import pygit2
 import structlog
 
 from flakebot.bundle import read_bundle, write_bundle
-from flakebot.cargo_toml import read_crate
-from flakebot.errors import ForkError
+from flakebot.cargo_toml import package_dir, read_crate
+from flakebot.errors import ForkError, ManifestError
 from flakebot.pruning import prune_dev_dependency, unresolved_dependency
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox
@@ -119,6 +119,7 @@ class Forker:
         pruned: list[PrunedItem],
     ) -> Workspace:
         repo = pygit2.Repository(str(path))
+        package = package_dir(path, candidate.name)
         if origin is None:  # an existing fork: read what the set-up commit recorded
             origin = (
                 "upstream-clone" if "origin" in list(repo.remotes.names()) else "registry-source"
@@ -135,7 +136,8 @@ class Forker:
             origin=origin,
             upstream_url=candidate.repository if origin == "upstream-clone" else None,
             target_dir=str(self.target_dir(candidate.name, candidate.version)),
-            bin_names=list(read_crate(path).bin_names),
+            bin_names=list(read_crate(package).bin_names),
+            manifest_path=str((package / "Cargo.toml").relative_to(path)),
             pruned=pruned,
         )
 
@@ -150,8 +152,12 @@ class Forker:
             ) from None
         if repo.head_is_unborn:
             raise ForkError(f"{root} has no commits yet", hint="fork it: flakebot fork CRATE")
-        record = read_crate(root)
         run_id, candidate_id = fork_ids(root, self.settings.workspaces_dir)
+        crate_name = candidate_id.split("-", 1)[1] if re.match(r"^c\d+-", candidate_id) else None
+        try:
+            record = read_crate(package_dir(root, crate_name))
+        except ManifestError:
+            record = read_crate(package_dir(root))
         registry = fork_registry(root) or Path("/usr/share/cargo/registry")
         candidate = CrateCandidate(
             run_id=run_id,
@@ -189,12 +195,18 @@ class Forker:
             f"{candidate.name}-v{candidate.version}",
         ):
             reference = repo.references.get(f"refs/tags/{tag}")
-            if reference is not None and (path / "Cargo.toml").exists():
+            if reference is not None:
                 commit = reference.peel(pygit2.Commit)
                 repo.branches.local.create(branch, commit)
                 repo.checkout(f"refs/heads/{branch}")
+                try:
+                    package_dir(path, candidate.name)  # at the root, or a workspace member
+                except ManifestError:
+                    break
                 return True
-        log.info("upstream_tag_missing", url=url, version=candidate.version)
+        log.info(
+            "upstream_unusable", url=url, version=candidate.version, reason="no tag or package"
+        )
         shutil.rmtree(path, ignore_errors=True)
         return False
 
@@ -226,7 +238,9 @@ class Forker:
                     f"{candidate.name} {candidate.version} does not resolve offline:\n"
                     + done.stderr.strip()[-2_000:]
                 )
-            removed = prune_dev_dependency(path, missing, reason=f"{missing} is not in {registry}")
+            removed = prune_dev_dependency(
+                package_dir(path, candidate.name), missing, reason=f"{missing} is not in {registry}"
+            )
             if not removed:
                 raise ForkError(
                     f"{candidate.name} {candidate.version} needs {missing}, which {registry} lacks "

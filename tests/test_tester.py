@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from flakebot import acceptance
+from flakebot.proc import run
 from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
 from flakebot.tester import Tester
@@ -268,3 +269,78 @@ def test_cli_fork_bad_input(cli: Cli) -> None:
     assert wrong.code == 2 and "it has 0.8.0" in wrong.stderr
     not_a_package = cli("test", "/tmp")
     assert not_a_package.code == 2 and "has no Cargo.toml" in not_a_package.stderr
+
+
+def test_a_virtual_workspace_member_forks_tests_and_deploys(
+    tmp_path: Path, shared_settings: Settings, sandbox: Sandbox
+) -> None:
+    """An upstream repository whose root Cargo.toml is a virtual manifest; the crate is a member."""
+    import pygit2
+
+    from flakebot.deployer import Deployer
+    from flakebot.janitor import Janitor
+    from messages import CleanupRequest
+
+    upstream = tmp_path / "upstream"
+    (upstream / "crates").mkdir(parents=True)
+    (upstream / "Cargo.toml").write_text(
+        '[workspace]\nmembers = ["crates/tiny", "crates/helper"]\n'
+    )
+    make_crate(
+        upstream / "crates",
+        "helper",
+        "0.3.0",
+        files={"src/lib.rs": "pub fn shout(s: &str) -> String { s.to_uppercase() }\n"},
+    )
+    (upstream / "crates" / "helper-0.3.0").rename(upstream / "crates" / "helper")
+    make_crate(
+        upstream / "crates",
+        "tiny",
+        "0.3.0",
+        extra_toml='[dependencies]\nhelper = { path = "../helper", version = "0.3.0" }\n',
+        files={"src/main.rs": 'fn main() { println!("{}", helper::shout("tiny")); }\n'},
+    )
+    (upstream / "crates" / "tiny-0.3.0").rename(upstream / "crates" / "tiny")
+    for checksum in upstream.rglob(".cargo-checksum.json"):
+        checksum.unlink()
+    repo = pygit2.init_repository(str(upstream), initial_head="main")
+    repo.index.add_all()
+    repo.index.write()
+    author = pygit2.Signature("Upstream", "up@example.org")
+    commit = repo.create_commit("HEAD", author, author, "0.3.0", repo.index.write_tree(), [])
+    repo.create_tag("v0.3.0", commit, pygit2.enums.ObjectType.COMMIT, author, "0.3.0")
+    registry = tmp_path / "registry"
+    make_crate(registry, "tiny", "0.3.0", files={"src/main.rs": "fn main() {}\n"})
+    local = RegistryRef(source="local", location=str(registry))
+    confined = Sandbox(sandbox.toolchain, read_only=(registry,))
+    forker = Forker(shared_settings, confined)
+    workspace = forker.fork(
+        candidate("tiny", "0.3.0", "c1-tiny", local).model_copy(
+            update={"repository": f"file://{upstream}", "run_id": "vw"}
+        )
+    )
+    assert workspace.origin == "upstream-clone"
+    assert workspace.manifest_path == "crates/tiny/Cargo.toml" and workspace.bin_names == ["tiny"]
+    shouts = AcceptanceCase(name="shouts", stdout=OutputCheck(match="exact", value="TINY\n"))
+    spec = ToolSpec(
+        run_id="vw", name="tiny", summary="Shouts.", search_queries=["tiny"], acceptance=[shouts]
+    )
+    acceptance.install(
+        Path(workspace.path) / "crates" / "tiny", spec, "tiny", registry_has_regex=False
+    )
+    report = Tester(confined).test(
+        Path(workspace.path),
+        Path(workspace.target_dir),
+        run_id="vw",
+        candidate_id="c1-tiny",
+        attempt=0,
+    )
+    assert report.green, report.model_dump_json(indent=1)[-3000:]
+    assert "flakebot_acceptance::shouts" in {t.name for s in report.stages for t in s.tests}
+    deployment = Deployer(shared_settings, sandbox.toolchain).deploy(workspace, spec, forker)
+    assert run([deployment.bin_path], timeout=30).stdout == "TINY\n"
+    assert (
+        Forker(shared_settings, confined).open(Path(workspace.path)).manifest_path
+        == workspace.manifest_path
+    )
+    assert Janitor(shared_settings).clean(CleanupRequest(run_id="vw")).failures == []

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from flakebot import manifest as manifests
-from flakebot.cargo_toml import read_crate
+from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.cli import JsonFlag, app, load_settings, out, print_json
 from flakebot.errors import ConfigError
 from flakebot.janitor import Janitor
@@ -52,7 +52,7 @@ def deploy(
 
 
 def _spec_from_crate(path: str, run_id: str) -> ToolSpec:
-    record = read_crate(Path(path))
+    record = read_crate(package_dir(Path(path)))
     name = re.sub(r"[^a-z0-9_-]", "-", (record.bin_names or (record.name,))[0].lower())
     if not name[:1].isalpha():
         name = f"tool-{name}"

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from flakebot import acceptance
-from flakebot.cargo_toml import read_crate
+from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
 from flakebot.crate_index import CrateIndex, index_path
 from flakebot.errors import ConfigError
@@ -101,7 +101,7 @@ def test_command(
     root = directory.resolve()
     if not (root / "Cargo.toml").is_file():
         raise ConfigError(f"{root} has no Cargo.toml", hint="pass a fork made by `flakebot fork`")
-    record = read_crate(root)
+    record = read_crate(package_dir(root))
     toolchain = Toolchain.find()
     registry = fork_registry(root)
     sandbox = Sandbox(
@@ -115,7 +115,7 @@ def test_command(
         tool_spec = load_spec(spec, run_id)
         bin_name = acceptance.choose_binary(tool_spec, list(record.bin_names), record.name)
         has_regex = registry is not None and any(registry.glob("regex-1.*/Cargo.toml"))
-        acceptance.install(root, tool_spec, bin_name, registry_has_regex=has_regex)
+        acceptance.install(package_dir(root), tool_spec, bin_name, registry_has_regex=has_regex)
     commit = _head(root)
     report = Tester(sandbox).test(
         root,

@@ -24,7 +24,7 @@
         inherit lib;
 
         rustPlatform.buildRustPackage =
-          { pname, version, src, cargoLock ? null, buildFeatures ? [ ], meta ? { }, ... }:
+          { pname, version, src, cargoLock ? null, buildFeatures ? [ ], buildAndTestSubdir ? ".", meta ? { }, ... }:
           let
             features = if buildFeatures == [ ] then "" else "--features ${builtins.concatStringsSep "," buildFeatures}";
             drv = derivation {
@@ -40,7 +40,7 @@
                 cp -r $src $TMPDIR/src
                 chmod -R u+w $TMPDIR/src
                 cd $TMPDIR/src
-                cargo install --path . --root $out --offline --locked ${features}
+                cargo install --path ${buildAndTestSubdir} --root $out --offline --locked ${features}
                 rm -f $out/.crates.toml $out/.crates2.json
               '' ];
             };
