@@ -38,8 +38,11 @@ PASSED_ENV = ("FLAKEBOT_HOME", "FLAKEBOT_REGISTRY", "FLAKEBOT_CONTACT", "FLAKEBO
 class BuildFailed(FlakebotError):
     """A run ended without a tool."""
 
-    def __init__(self, failure: StepFailed) -> None:
-        super().__init__(f"run {failure.run_id} failed: {failure.reason}")
+    def __init__(self, failure: StepFailed, journal: Path) -> None:
+        super().__init__(
+            f"run {failure.run_id} failed: {failure.reason}",
+            hint=f"the run's history is in {journal}",
+        )
         self.failure = failure
 
 
@@ -108,10 +111,15 @@ class Flakebot:
     async def abuild(
         self, request: Request, *, on_event: Callable[[RunEvent], None] | None = None
     ) -> ToolManifest:
-        self._connect()
         run_id = new_run_id()
         message = self._request(request, run_id)
         model_ref = parse_model(self.model) if self.model else self.settings.model
+        if isinstance(message, ToolRequest) and model_ref is None:
+            raise ConfigError(
+                "a free-text request needs a model to plan it",
+                hint="pass --model (groq:NAME, openai:URL#NAME, scripted:FILE) or a spec file",
+            )
+        self._connect()
         registry = parse_registry(self.registry) if self.registry else self.settings.registry
         supervisor = SupervisorActor.remote(  # type: ignore[attr-defined]
             run_id, model_ref, registry, self._plan(), self.candidates, self.all_candidates
@@ -133,7 +141,7 @@ class Flakebot:
         finally:
             ray.kill(supervisor)
         if isinstance(outcome, StepFailed):
-            raise BuildFailed(outcome)
+            raise BuildFailed(outcome, self.settings.home / "runs" / run_id / "journal.jsonl")
         return outcome
 
     def build(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.conftest import Cli
 from tests.samples import SAMPLES
 
@@ -38,3 +40,17 @@ def test_no_command_prints_help(cli: Cli) -> None:
     result = cli()
     assert "doctor" in result.stdout + result.stderr
     assert "schema" in result.stdout + result.stderr
+
+
+def test_run_free_text_without_a_model_stops_before_starting_ray(cli: Cli) -> None:
+    result = cli("run", "a hex viewer", env={"FLAKEBOT_MODEL": ""})
+    assert result.code == 2
+    assert "a free-text request needs a model" in result.stderr and "Traceback" not in result.stderr
+    assert "Ray" not in result.stderr  # refused before any cluster started
+
+
+def test_run_with_a_bad_spec_file_names_the_field(cli: Cli, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: Bad Name\nsummary: s\nsearch_queries: [x]\n")
+    result = cli("run", str(spec))
+    assert result.code == 2 and "name: String should match pattern" in result.stderr
