@@ -17,7 +17,9 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from flakebot.errors import BudgetExceeded
 from flakebot.logs import bind_context
+from flakebot.models import Budget, Usage
 from flakebot.roles import DeployerRole, DeveloperRole, JanitorRole, PlannerRole, ScoutRole
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import ModelRef, Settings
@@ -92,6 +94,38 @@ class TesterActor:
         )
 
 
+@ray.remote(num_cpus=0)
+class BudgetActor:
+    """The run's one budget, shared by every candidate's coder."""
+
+    def __init__(self) -> None:
+        self.budget = Budget()
+
+    def exceeded(self) -> tuple[str, str] | None:
+        return self.budget.exceeded()
+
+    def record(self, model: str, usage: Usage) -> None:
+        self.budget.record(model, Usage.model_validate(usage))
+
+    def spent(self) -> dict[str, float]:
+        return self.budget.spent()
+
+
+@dataclass
+class SharedBudget:
+    """A RunBudget backed by the run's BudgetActor."""
+
+    actor: Handle
+
+    async def acheck(self) -> None:
+        reached: tuple[str, str] | None = await self.actor.exceeded.remote()
+        if reached is not None:
+            raise BudgetExceeded(*reached)
+
+    async def arecord(self, model: str, usage: Usage) -> None:
+        await self.actor.record.remote(model, usage)
+
+
 @dataclass
 class RemoteTestRunner:
     """The coder's TestRunner, calling the candidate's tester actor."""
@@ -109,10 +143,16 @@ class RemoteTestRunner:
 
 @ray.remote(num_cpus=0)
 class CoderActor:
-    def __init__(self, model_ref: ModelRef | None, tester: Handle, max_attempts: int) -> None:
+    def __init__(
+        self, model_ref: ModelRef | None, tester: Handle, max_attempts: int, budget: Handle
+    ) -> None:
         bind_context(actor="coder")
         self.role = DeveloperRole(
-            Settings.from_env(), model_ref, RemoteTestRunner(tester), max_attempts=max_attempts
+            Settings.from_env(),
+            model_ref,
+            RemoteTestRunner(tester),
+            max_attempts=max_attempts,
+            budget=SharedBudget(budget),
         )
 
     async def develop(
@@ -182,9 +222,11 @@ class RayRoles:
     max_attempts: int = 4
     planner: Handle | None = None
     scout_actor: Handle | None = None
+    budget: Handle | None = None
     candidates: dict[str, _Candidate] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.budget = BudgetActor.remote()  # type: ignore[attr-defined]
         self.planner = PlannerActor.remote(self.model_ref)  # type: ignore[attr-defined]
         self.scout_actor = ScoutActor.remote()  # type: ignore[attr-defined]
 
@@ -206,7 +248,7 @@ class RayRoles:
         tester = TesterActor.remote(self.read_only)  # type: ignore[attr-defined]
         node_id: str = await tester.node_id.remote()
         coder = CoderActor.options(scheduling_strategy=_on(node_id)).remote(  # type: ignore[attr-defined]
-            self.model_ref, tester, self.max_attempts
+            self.model_ref, tester, self.max_attempts, self.budget
         )
         self.candidates[candidate.candidate_id] = _Candidate(node_id, tester, coder)
         outcome: tuple[Workspace | None, CandidateResult | StepFailed] = await coder.develop.remote(
@@ -267,6 +309,6 @@ class RayRoles:
         for known in self.candidates.values():
             ray.kill(known.coder)
             ray.kill(known.tester)
-        for actor in (self.planner, self.scout_actor):
+        for actor in (self.planner, self.scout_actor, self.budget):
             if actor is not None:
                 ray.kill(actor)

@@ -24,7 +24,8 @@ from flakebot import acceptance
 from flakebot.crate_index import CrateIndex
 from flakebot.edits import apply_proposal
 from flakebot.errors import BudgetExceeded, ModelReplyInvalid, ModelUnavailable
-from flakebot.models import Budget, CallContext, ChatMessage, Model, Transcript, ask
+from flakebot.models import CallContext, ChatMessage, Model, Transcript, ask
+from flakebot.models.budget import RunBudget
 from flakebot.planner import prompt
 from flakebot.tester import Tester
 from flakebot.workspace import Forker
@@ -102,7 +103,7 @@ class CodeLoop:
     forker: Forker
     tester: TestRunner
     registry: CrateIndex
-    budget: Budget
+    budget: RunBudget
     transcript: Transcript
     max_attempts: int = 4
     on_attempt: Callable[[AttemptOutcome], None] | None = None

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from flakebot.errors import SpecError
 from flakebot.models import Budget, CallContext, ChatMessage, Model, Transcript, ask
+from flakebot.models.budget import RunBudget
 from flakebot.specs import describe_errors, load_spec
 from messages import ToolRequest, ToolSpec
 
@@ -51,7 +52,7 @@ class Planner:
         self,
         model: Model | None,
         *,
-        budget: Budget | None = None,
+        budget: RunBudget | None = None,
         transcript: Transcript | None = None,
     ) -> None:
         self.model = model

@@ -19,6 +19,7 @@ from flakebot.deployer import Deployer
 from flakebot.errors import DeployError, FlakebotError
 from flakebot.janitor import Janitor
 from flakebot.models import Budget, Model, NoModel, Transcript, load_model
+from flakebot.models.budget import RunBudget
 from flakebot.planner import Planner
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.scout import Scout
@@ -113,10 +114,12 @@ class DeveloperRole:
         tester: TestRunner,
         *,
         max_attempts: int = 4,
+        budget: RunBudget | None = None,
     ) -> None:
         self.settings = settings
         self.model_ref = model_ref
         self.tester = tester
+        self.budget = budget or Budget()
         self.max_attempts = max_attempts
         self.attempts_used = 0
 
@@ -134,7 +137,7 @@ class DeveloperRole:
             forker=Forker(self.settings, sandbox),
             tester=self.tester,
             registry=index,
-            budget=Budget(),
+            budget=self.budget,
             transcript=Transcript(
                 self.settings.home / "runs" / workspace.run_id / "model-transcript.jsonl"
             ),

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -196,3 +197,24 @@ def test_a_deploy_failure_goes_back_to_the_coder_with_the_nix_log(
     assert any("release builds are switched off" in prompt for prompt in prompts)
     assert run([manifest.bin_path], timeout=30).stdout == "relfail ok\n"
     Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
+
+
+def test_one_budget_is_shared_by_every_coder_of_a_run(ray_home: Settings) -> None:
+    from actors.roles import BudgetActor, SharedBudget
+    from flakebot.errors import BudgetExceeded
+    from flakebot.models import Usage
+
+    actor = BudgetActor.remote()  # type: ignore[attr-defined]
+    first, second = SharedBudget(actor), SharedBudget(actor)
+
+    async def spend() -> None:
+        for _ in range(30):
+            await first.arecord("scripted:x", Usage(prompt_tokens=10, completion_tokens=5))
+            await second.arecord("scripted:x", Usage(prompt_tokens=10, completion_tokens=5))
+        await first.acheck()
+
+    with pytest.raises(BudgetExceeded) as caught:
+        asyncio.run(spend())
+    assert caught.value.bound == "call_budget"
+    assert ray.get(actor.spent.remote())["calls"] == 60
+    ray.kill(actor)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Literal
+from typing import Literal, Protocol
 
 import yaml
 
@@ -36,6 +36,13 @@ def default_prices() -> dict[str, Price]:
     text = resources.files("flakebot").joinpath("data/prices.yaml").read_text()
     table = yaml.safe_load(text) or {}
     return {name: Price(float(p["input"]), float(p["output"])) for name, p in table.items()}
+
+
+class RunBudget(Protocol):
+    """What a model loop needs of a budget; `Budget` here, or one shared by a run's actors."""
+
+    async def acheck(self) -> None: ...
+    async def arecord(self, model: str, usage: Usage) -> None: ...
 
 
 @dataclass
@@ -70,6 +77,20 @@ class Budget:
                 raise BudgetExceeded(
                     bound, f"the run's {bound.replace('_', ' ')} is spent: {detail}"
                 )
+
+    async def acheck(self) -> None:
+        self.check()
+
+    async def arecord(self, model: str, usage: Usage) -> None:
+        self.record(model, usage)
+
+    def exceeded(self) -> tuple[Bound, str] | None:
+        """The bound reached and why, or None; for sharing a budget through an actor."""
+        try:
+            self.check()
+        except BudgetExceeded as exc:
+            return exc.bound, exc.message  # type: ignore[return-value]
+        return None
 
     def record(self, model: str, usage: Usage) -> None:
         self.calls += 1

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from flakebot.errors import ModelReplyInvalid
 from flakebot.models.base import CallContext, ChatMessage, Model, Usage
-from flakebot.models.budget import Budget
+from flakebot.models.budget import RunBudget
 
 log = structlog.get_logger()
 
@@ -104,7 +104,7 @@ async def ask(
     output: type[T],
     *,
     context: CallContext,
-    budget: Budget,
+    budget: RunBudget,
     transcript: Transcript,
     retries: int = 2,
     check: Callable[[T], object] | None = None,
@@ -117,9 +117,9 @@ async def ask(
     history = list(messages)
     replies: list[str] = []
     for _ in range(retries + 1):
-        budget.check()
+        await budget.acheck()
         reply = await model.complete(history, output=output, context=context)
-        budget.record(model.name, reply.usage)
+        await budget.arecord(model.name, reply.usage)
         replies.append(reply.text)
         try:
             value = validate_reply(reply.text, output)
