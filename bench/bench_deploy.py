@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._timing import median_seconds
+from bench._timing import hexyl_candidate, median_seconds, runs
 from flakebot.deployer import Deployer
 from flakebot.janitor import Janitor
 from flakebot.logs import configure_logging
@@ -24,7 +24,7 @@ from flakebot.proc import run
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
 from flakebot.workspace import Forker
-from messages import CleanupRequest, CrateCandidate, RegistryRef, ScoreParts, ToolSpec
+from messages import CleanupRequest, ToolSpec
 
 REPEATS = 3
 SPEC = ToolSpec(run_id="bench", name="hexview", summary="hex viewer", search_queries=["hex"])
@@ -32,22 +32,13 @@ SPEC = ToolSpec(run_id="bench", name="hexview", summary="hex viewer", search_que
 
 def main() -> None:
     configure_logging("warning")
+    store_before = set(os.listdir("/nix/store"))  # other runs' roots (the demo's) are not ours
     with tempfile.TemporaryDirectory(prefix="flakebot-bench-") as tmp:
         settings = Settings.from_env({"FLAKEBOT_HOME": str(Path(tmp) / "home")})
         toolchain = Toolchain.find()
         sandbox = Sandbox(toolchain)
         forker = Forker(settings, sandbox)
-        workspace = forker.fork(
-            CrateCandidate(
-                run_id="bench",
-                candidate_id="c1-hexyl",
-                name="hexyl",
-                version="0.8.0",
-                registry=RegistryRef(source="local", location="/usr/share/cargo/registry"),
-                score=1.0,
-                score_parts=ScoreParts(relevance=1.0),
-            )
-        )
+        workspace = forker.fork(hexyl_candidate())
         deployer = Deployer(settings, toolchain)
         warm = deployer.deploy(workspace, SPEC, forker)  # renders the stand-in, writes flake.nix
         Path(warm.gc_root).unlink()
@@ -76,18 +67,14 @@ def main() -> None:
                 deployer.nix.delete([deployment.store_path])
         redeploy = median_seconds(lambda: deployer.deploy(workspace, SPEC, forker), repeats=5)
         janitor.clean(CleanupRequest(run_id="bench"))
-        leftovers = [name for name in os.listdir("/nix/store") if "hexview" in name]
+        leftovers = set(os.listdir("/nix/store")) - store_before
     by_cargo, by_nix = statistics.median(cargo_runs), statistics.median(nix_runs)
     print(f"hexyl 0.8.0, cold release builds, median of {REPEATS}")
-    print(f"  cargo build --release     {by_cargo:7.2f} s   runs: {_runs(cargo_runs)}")
-    print(f"  nix build (deploy)        {by_nix:7.2f} s   runs: {_runs(nix_runs)}")
+    print(f"  cargo build --release     {by_cargo:7.2f} s   runs: {runs(cargo_runs)}")
+    print(f"  nix build (deploy)        {by_nix:7.2f} s   runs: {runs(nix_runs)}")
     print(f"  nix / cargo               {by_nix / by_cargo:7.3f}     goal < 1.2")
     print(f"  redeploy, no change       {redeploy:7.3f} s   (median of 5)   goal < 1 s")
-    print(f"  hexview paths left in the store after clean: {len(leftovers)}")
-
-
-def _runs(samples: list[float]) -> str:
-    return ", ".join(f"{sample:.2f}" for sample in samples)
+    print(f"  store paths the benchmark left after clean: {len(leftovers)}")
 
 
 if __name__ == "__main__":

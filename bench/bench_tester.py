@@ -15,13 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._timing import hexyl_candidate, runs
 from flakebot.logs import configure_logging
 from flakebot.proc import run
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
 from flakebot.tester import Tester
 from flakebot.workspace import Forker
-from messages import CrateCandidate, RegistryRef, ScoreParts
 
 REPEATS = 3
 
@@ -32,15 +32,7 @@ def main() -> None:
         settings = Settings.from_env({"FLAKEBOT_HOME": str(Path(tmp) / "home")})
         sandbox = Sandbox(Toolchain.find())
         forker = Forker(settings, sandbox)
-        candidate = CrateCandidate(
-            run_id="bench",
-            candidate_id="c1-hexyl",
-            name="hexyl",
-            version="0.8.0",
-            registry=RegistryRef(source="local", location="/usr/share/cargo/registry"),
-            score=1.0,
-            score_parts=ScoreParts(relevance=1.0),
-        )
+        candidate = hexyl_candidate()
         root = Path(forker.fork(candidate).path)
         tester = Tester(sandbox)
         env = sandbox.environment(Path(tmp))
@@ -72,15 +64,11 @@ def main() -> None:
             shutil.rmtree(target)
     by_hand, through_tester, after_edit = map(statistics.median, (hand, confined, rebuild))
     print(f"hexyl 0.8.0, cold cargo build + cargo test, median of {REPEATS}")
-    print(f"  by hand, no sandbox       {by_hand:7.2f} s   runs: {_runs(hand)}")
-    print(f"  through the tester        {through_tester:7.2f} s   runs: {_runs(confined)}")
+    print(f"  by hand, no sandbox       {by_hand:7.2f} s   runs: {runs(hand)}")
+    print(f"  through the tester        {through_tester:7.2f} s   runs: {runs(confined)}")
     print(f"  tester / by hand          {through_tester / by_hand:7.3f}     goal < 1.05")
-    print(f"  rebuild after 1-line edit {after_edit:7.2f} s   runs: {_runs(rebuild)}")
+    print(f"  rebuild after 1-line edit {after_edit:7.2f} s   runs: {runs(rebuild)}")
     print(f"  rebuild / cold            {after_edit / through_tester:7.3f}     goal < 0.25")
-
-
-def _runs(samples: list[float]) -> str:
-    return ", ".join(f"{sample:.2f}" for sample in samples)
 
 
 if __name__ == "__main__":
