@@ -16,27 +16,26 @@ from typing import TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from flakebot import redact
+from flakebot.home import private_umask
 from flakebot.settings import LogFormat, LogLevel
 
-MASK = "***"
+MASK = redact.MASK
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)", re.IGNORECASE)
-_KEY_SHAPED = re.compile(r"\b(gsk_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,})\b")
 
 
 class SecretMasker:
-    """A structlog processor that masks secrets in every event."""
+    """A structlog processor that masks secrets in every event (see flakebot.redact)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets = {secret for secret in secrets if len(secret) >= 8}
+        for secret in secrets:
+            redact.register(secret)
 
     def add(self, secret: str) -> None:
-        if len(secret) >= 8:
-            self._secrets.add(secret)
+        redact.register(secret)
 
     def mask_text(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return _KEY_SHAPED.sub(MASK, text)
+        return redact.redact(text)
 
     def _mask(self, key: str, value: object) -> object:
         if _SECRET_KEY.search(key) and value is not None:
@@ -102,8 +101,9 @@ def clear_context() -> None:
 
 
 def setup_worker_logging() -> None:
-    """Ray's worker_process_setup_hook: JSON logs on stderr, at FLAKEBOT_LOG_LEVEL."""
+    """Ray's worker_process_setup_hook: JSON logs on stderr at FLAKEBOT_LOG_LEVEL, private files."""
     import os
 
+    private_umask()
     level = os.environ.get("FLAKEBOT_LOG_LEVEL", "info").lower()
     configure_logging(level if level in ("debug", "info", "warning", "error") else "info", "json")  # type: ignore[arg-type]

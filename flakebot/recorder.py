@@ -2,8 +2,8 @@
 
 The supervisor passes each step's input and output through `record` before the next step starts;
 `event` adds a RunEvent (progress, a backtrack and why). The history is kept in memory and appended
-to FLAKEBOT_HOME/runs/<run>/journal.jsonl, so a durable journal with resume can build on it
-without touching the roles.
+to FLAKEBOT_HOME/runs/<run>/journal.jsonl (0600, secrets masked), so a durable journal with
+resume can build on it without touching the roles.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flakebot.home import append_private
+from flakebot.redact import redact
 from messages import AnyMessage, RunEvent, dump_message
 from messages.run import Scalar
 
@@ -42,11 +44,8 @@ class Recorder:
             at = time.time()
             self.entries.append((at, message))
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a") as journal:
-                    journal.write(
-                        json.dumps({"at": at, "message": json.loads(dump_message(message))}) + "\n"
-                    )
+                line = json.dumps({"at": at, "message": json.loads(dump_message(message))})
+                append_private(self.path, redact(line))
         if isinstance(message, RunEvent) and self.on_event is not None:
             self.on_event(message)
         return message

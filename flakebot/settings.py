@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
+from flakebot import redact
 from flakebot.errors import ConfigError
 from messages import RegistryRef
 
@@ -135,6 +136,8 @@ class Settings(BaseModel):
         home = Path(home_text).expanduser() if home_text else _default_home(env)
         model_text = env.get("FLAKEBOT_MODEL", "").strip()
         key = env.get("GROQ_API_KEY", "").strip()
+        if key:
+            redact.register(key)  # masked in every log, error, journal and transcript from now on
         raw = {
             "home": home.absolute(),
             "registry": parse_registry(env.get("FLAKEBOT_REGISTRY", "").strip() or "local"),

@@ -20,12 +20,15 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from flakebot.errors import ModelReplyInvalid
+from flakebot.home import append_private
 from flakebot.models.base import CallContext, ChatMessage, Model, Usage
 from flakebot.models.budget import RunBudget
+from flakebot.redact import redact
 
 log = structlog.get_logger()
 
 T = TypeVar("T", bound=BaseModel)
+MAX_REPLY_CHARS = 400_000
 _FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.DOTALL)
 
 
@@ -70,9 +73,7 @@ class Transcript:
     def add(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as handle:
-                handle.write(exchange.as_json() + "\n")
+            append_private(self.path, redact(exchange.as_json()))
 
 
 def extract_json(text: str) -> str:
@@ -120,9 +121,27 @@ async def ask(
         await budget.acheck()
         reply = await model.complete(history, output=output, context=context)
         await budget.arecord(model.name, reply.usage)
-        replies.append(reply.text)
+        text = reply.text
+        if len(text) > MAX_REPLY_CHARS:  # kept and fed back only in part: bounded memory
+            text = text[:MAX_REPLY_CHARS]
+            problem = (
+                f"the reply was {len(reply.text)} characters, more than the {MAX_REPLY_CHARS} "
+                "allowed; reply with a smaller edit"
+            )
+            replies.append(text)
+            transcript.add(_exchange(context, model, history, text, problem, reply.usage))
+            log.warning(
+                "model_reply_rejected", role=context.role, step=context.step, problem=problem
+            )
+            history = [
+                *history,
+                ChatMessage(role="assistant", content=text[:2_000] + "\n[... cut]"),
+                ChatMessage(role="user", content=f"That reply was not valid: {problem}"),
+            ]
+            continue
+        replies.append(text)
         try:
-            value = validate_reply(reply.text, output)
+            value = validate_reply(text, output)
             if check is not None:
                 check(value)
         except ValueError as exc:
