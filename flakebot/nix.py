@@ -6,6 +6,11 @@ stay sandboxed; host paths a build needs (a shell, libc, a toolchain) are bound 
 Store paths are removed by name, never by a global collection, which would also delete unrooted
 paths that are not ours. Deletion uses `nix-store --delete`: Nix 2.8's `nix store delete` reads a
 `.drv` path as "the outputs of this derivation" and tries to build it instead of deleting it.
+
+Nix binds `extra-sandbox-paths` into its build sandbox as they are: writable, for a builder that
+runs as root. A build script in the source being built could then change the host's /usr or the
+Rust toolchain. So `nix build` itself runs in a mount namespace (bubblewrap, everything else as
+on the host) in which every one of those paths is a read-only bind; Nix's own binds inherit that.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import structlog
 
 from flakebot.errors import CommandFailed
 from flakebot.proc import run, which
+from flakebot.sandbox import require_bwrap
 
 log = structlog.get_logger()
 
@@ -45,6 +51,21 @@ def current_system() -> str:
     machine = platform.machine().lower()
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
     return f"{arch}-{platform.system().lower()}"
+
+
+def read_only_host(paths: Sequence[str]) -> list[str]:
+    """A bwrap prefix: the host as it is, but `paths` (and what they resolve to) read-only."""
+    real = sorted({str(Path(path).resolve()) for path in paths if Path(path).exists()})
+    args = [require_bwrap(), "--dev-bind", "/", "/", "--die-with-parent"]
+    for path in real:
+        args += ["--ro-bind", path, path]
+    return [*args, "--"]
+
+
+def closure(store_path: str, nix_store: str) -> list[str]:
+    """Every store path `store_path` needs at run time (itself included)."""
+    done = run([nix_store, "--query", "--requisites", store_path], timeout=120).check()
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)
@@ -87,12 +108,15 @@ class Nix:
             "--print-build-logs",
             flake_ref,
         )
-        done = run(argv, timeout=timeout)
+        done = run([*read_only_host(sandbox_paths), *argv], timeout=timeout)
         if not done.ok:
             raise CommandFailed(argv, done.returncode, done.stderr[-4_000:])
         built = json.loads(done.stdout)[0]
         log.debug("flake_built", flake_ref=flake_ref, seconds=round(done.seconds, 2))
         return BuildResult(drv_path=built["drvPath"], out_paths=dict(built["outputs"]))
+
+    def closure(self, store_path: str) -> list[str]:
+        return closure(store_path, self.nix_store)
 
     def nar_hash(self, store_path: str) -> str:
         """The narHash of a store path (sha256, SRI form)."""

@@ -66,8 +66,11 @@ def run(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     stdin: str | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Completed:
-    """Run `argv` (no shell) and wait at most `timeout` seconds; kill its process group after."""
+    """Run `argv` (no shell) and wait at most `timeout` seconds; kill its process group after.
+
+    `pass_fds` stay open in the child (bubblewrap reads data for the sandbox from them)."""
     args = [str(part) for part in argv]
     started = time.monotonic()
     try:
@@ -81,6 +84,7 @@ def run(
             text=True,
             errors="replace",
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as exc:
         raise ToolMissing(args[0], hint="install it, or put it on PATH") from exc

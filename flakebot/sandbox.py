@@ -1,19 +1,29 @@
-"""The sandbox every cargo run goes through: bubblewrap with no network and a read-only world.
+"""The sandbox: bubblewrap with no capabilities, no network and a read-only world.
 
-Code that a model or a crate author wrote runs at compile time (build scripts, proc macros) and at
-test time. Inside the sandbox it sees: the system's /usr read-only, the Rust toolchain read-only,
-the crate registry read-only, the workspace and its target dir writable, and a private /tmp and
-HOME that vanish afterwards. No network namespace is shared, so nothing can connect anywhere, not
-even to loopback services outside. The environment is cleared to what cargo needs: no API keys, no
-tokens. Each run has a time limit (the whole process tree is killed when it passes) and an
-address-space limit per process.
+Code that a model or a crate author wrote runs at compile time (build scripts, proc macros), at test
+time, and when a deployed tool runs (`--help`, worked examples, services). All of it runs here:
+
+- every capability is dropped (the bounding set too) and no_new_privs is set, so the process,
+  though uid 0 inside, cannot remount a read-only bind writable, unmount what covers a directory,
+  or regain privileges through a setuid program;
+- it sees the system's /usr, the Rust toolchain and the crate registry (or a tool's Nix closure)
+  read-only, and writes only where Flakebot says: a fork and its target dir, or a scratch dir;
+- a fork's `.git` and `.cargo` are bound read-only over the writable fork, so nothing inside can
+  plant a git option that runs a command, or change the registry config Flakebot wrote;
+- /etc holds only a synthetic passwd and group and what the dynamic linker needs; /tmp and HOME
+  are private and vanish afterwards;
+- no network namespace is shared: nothing can connect anywhere, not even to loopback services
+  outside (a service is reached through a relay: see flakebot.services);
+- the environment is cleared to what cargo needs (no API keys, no tokens); each run has a time
+  limit (the whole process tree is killed when it passes) and an address-space limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +37,15 @@ log = structlog.get_logger()
 BWRAP_HINT = "apt-get install bubblewrap (or run ./bootstrap.sh); --no-sandbox runs unconfined"
 DEFAULT_MEMORY_BYTES = 8 * 1024**3
 SANDBOX_HOME = "/tmp/flakebot-home"
-# Variables a cargo run keeps from the caller's environment, nothing else.
+# Variables a sandboxed run keeps from the caller's environment, nothing else.
 PASSED_THROUGH = ("LANG", "LC_ALL", "TERM", "SOURCE_DATE_EPOCH")
+# Directories of a fork that stay read-only inside the sandbox even though the fork is writable.
+PROTECTED_IN_FORK = (".git", ".cargo")
+PASSWD = (
+    "root:x:0:0:root:/tmp/flakebot-home:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+)
+GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
 @dataclass(frozen=True)
@@ -66,9 +83,90 @@ class Toolchain:
         return done.stdout.strip()
 
 
+def require_bwrap() -> str:
+    found = shutil.which("bwrap")
+    if found is None:
+        raise ToolMissing("bwrap", hint=BWRAP_HINT)
+    return found
+
+
+def confinement(
+    *,
+    read_only: Sequence[Path] = (),
+    writable: Sequence[Path] = (),
+    protected: Sequence[Path] = (),
+    workdir: Path,
+    env: Mapping[str, str],
+    data_fds: Mapping[str, int] | None = None,
+    die_with_parent: bool = True,
+) -> list[str]:
+    """bwrap's arguments up to the command: what is visible, what is writable, the environment.
+
+    `protected` paths are bound read-only after (so over) the `writable` ones; `data_fds` maps a
+    path inside to a file descriptor whose content becomes that read-only file.
+    """
+    args = [
+        "bwrap",
+        "--unshare-all",
+        "--cap-drop", "ALL",
+        "--new-session",
+        "--ro-bind", "/usr", "/usr",
+        "--symlink", "usr/bin", "/bin",
+        "--symlink", "usr/lib", "/lib",
+        "--symlink", "usr/lib64", "/lib64",
+        "--symlink", "usr/sbin", "/sbin",
+        "--ro-bind-try", "/etc/alternatives", "/etc/alternatives",
+        "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--dir", SANDBOX_HOME,
+    ]  # fmt: skip
+    if die_with_parent:
+        args.insert(1, "--die-with-parent")
+    for inside, fd in (data_fds or {}).items():
+        args += ["--ro-bind-data", str(fd), inside]
+    for path in _outermost(read_only):
+        args += ["--ro-bind", str(path), str(path)]
+    for path in _outermost(writable):
+        args += ["--bind", str(path), str(path)]
+    for path in protected:
+        args += ["--ro-bind", str(path), str(path)]
+    args += ["--chdir", str(workdir), "--clearenv"]
+    for name, value in env.items():
+        args += ["--setenv", name, value]
+    return [*args, "--"]
+
+
+@contextlib.contextmanager
+def etc_files() -> Iterator[dict[str, int]]:
+    """Pipes holding the sandbox's synthetic /etc/passwd and /etc/group, for `data_fds`."""
+    fds: dict[str, int] = {}
+    try:
+        for inside, text in (("/etc/passwd", PASSWD), ("/etc/group", GROUP)):
+            read_end, write_end = os.pipe()
+            os.write(write_end, text.encode())
+            os.close(write_end)
+            fds[inside] = read_end
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def protected_dirs(workdir: Path) -> list[Path]:
+    """The fork's directories that must stay read-only inside: real directories only."""
+    found = []
+    for name in PROTECTED_IN_FORK:
+        path = workdir / name
+        if path.is_dir() and not path.is_symlink():
+            found.append(path)
+    return found
+
+
 @dataclass(frozen=True)
 class Sandbox:
-    """How to run a command on a workspace: under bwrap, or not (--no-sandbox, with a warning)."""
+    """How to run cargo on a fork: under bwrap, or not (--no-sandbox, with a warning)."""
 
     toolchain: Toolchain
     read_only: tuple[Path, ...] = ()
@@ -77,10 +175,16 @@ class Sandbox:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.enabled and shutil.which("bwrap") is None:
-            raise ToolMissing("bwrap", hint=BWRAP_HINT)
-        if not self.enabled:
+        if self.enabled:
+            require_bwrap()
+        else:
             log.warning("sandbox_disabled", reason="--no-sandbox: crate code runs unconfined")
+
+    @classmethod
+    def for_registry(cls, toolchain: Toolchain, registry: Path, *, enabled: bool = True) -> Sandbox:
+        """A sandbox that sees `registry` (system paths under /usr are visible already)."""
+        read_only = () if registry.is_relative_to("/usr") else (registry,)
+        return cls(toolchain, read_only=read_only, enabled=enabled)
 
     def environment(self, target_dir: Path) -> dict[str, str]:
         """The whole environment a sandboxed command gets."""
@@ -100,40 +204,6 @@ class Sandbox:
         env.update(self.extra_env)
         return env
 
-    def argv(
-        self, command: Sequence[str | Path], *, workdir: Path, writable: Sequence[Path]
-    ) -> list[str]:
-        """The full argv: bwrap's confinement around `command`, then the address-space limit."""
-        limit = ["prlimit", f"--as={self.memory_bytes}", "--"]
-        if not self.enabled:
-            return [*limit, *map(str, command)]
-        args = [
-            "bwrap",
-            "--unshare-all",
-            "--die-with-parent",
-            "--new-session",
-            "--ro-bind", "/usr", "/usr",
-            "--symlink", "usr/bin", "/bin",
-            "--symlink", "usr/lib", "/lib",
-            "--symlink", "usr/lib64", "/lib64",
-            "--symlink", "usr/sbin", "/sbin",
-            "--ro-bind-try", "/etc/alternatives", "/etc/alternatives",
-            "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-            "--ro-bind-try", "/etc/passwd", "/etc/passwd",
-            "--ro-bind-try", "/etc/group", "/etc/group",
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--tmpfs", "/tmp",
-            "--dir", SANDBOX_HOME,
-            "--ro-bind", str(self.toolchain.root), str(self.toolchain.root),
-        ]  # fmt: skip
-        for path in self.read_only:
-            args += ["--ro-bind", str(path), str(path)]
-        for path in writable:
-            args += ["--bind", str(path), str(path)]
-        args += ["--chdir", str(workdir), "--clearenv"]
-        return [*limit, *args, *map(str, command)]
-
     def run(
         self,
         command: Sequence[str | Path],
@@ -151,19 +221,34 @@ class Sandbox:
         target_dir.mkdir(parents=True, exist_ok=True)
         workdir, target_dir = workdir.resolve(), target_dir.resolve()  # bwrap binds real paths
         env = self.environment(target_dir)
-        mounts = _outermost([workdir, target_dir, *writable])
-        if self.enabled:
-            argv = self.argv(command, workdir=workdir, writable=mounts)
-            setenv = [part for name, value in env.items() for part in ("--setenv", name, value)]
-            position = argv.index("--clearenv") + 1
-            argv[position:position] = setenv
-            return run(argv, timeout=timeout, env={"PATH": os.environ.get("PATH", "")}, stdin=stdin)
-        argv = self.argv(command, workdir=workdir, writable=mounts)
-        return run(argv, timeout=timeout, cwd=workdir, env=env, stdin=stdin)
+        limit = ["prlimit", f"--as={self.memory_bytes}", "--"]
+        if not self.enabled:
+            argv = [*limit, *map(str, command)]
+            return run(argv, timeout=timeout, cwd=workdir, env=env, stdin=stdin)
+        with etc_files() as data_fds:
+            argv = [
+                *limit,
+                *confinement(
+                    read_only=[self.toolchain.root, *self.read_only],
+                    writable=[workdir, target_dir, *writable],
+                    protected=protected_dirs(workdir),
+                    workdir=workdir,
+                    env=env,
+                    data_fds=data_fds,
+                ),
+                *map(str, command),
+            ]
+            return run(
+                argv,
+                timeout=timeout,
+                env={"PATH": os.environ.get("PATH", "")},
+                stdin=stdin,
+                pass_fds=list(data_fds.values()),
+            )
 
 
 def _outermost(paths: Sequence[Path]) -> list[Path]:
-    """Drop paths nested in another path of the list (bwrap binds the parent already)."""
+    """Real paths, without those nested in another path of the list (the parent binds them)."""
     resolved = sorted({path.resolve() for path in paths}, key=lambda path: len(path.parts))
     kept: list[Path] = []
     for path in resolved:

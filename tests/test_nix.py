@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flakebot.nix import Nix, current_system, offline_options
+from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system, offline_options
 
 FLAKE = """{
   outputs = { self }: {
@@ -54,3 +54,42 @@ def test_delete_removes_only_the_paths_named(tmp_path: Path) -> None:
         nix.delete([second_out, second.drv_path, *sources])
     assert not Path(second_out).exists()
     assert not any(Path(source).exists() for source in sources)
+
+
+BUILDER_WRITES = """{
+  outputs = { self }: {
+    packages.SYSTEM.default = derivation {
+      name = "flakebot-test-builder-writes";
+      system = "SYSTEM";
+      builder = "/bin/sh";
+      args = [ "-c" ''
+        for target in TARGETS; do
+          (echo escaped > "$target" && echo "wrote $target") >> $out 2>&1 || true
+        done
+        echo done >> $out
+      '' ];
+    };
+  };
+}
+"""
+
+
+def test_a_builder_cannot_write_the_host_paths_bound_into_its_sandbox(tmp_path: Path) -> None:
+    """Nix binds extra-sandbox-paths writable for a root builder; Flakebot's build makes them
+    read-only, so a build script in a fork cannot change /usr or the Rust toolchain."""
+    toolchain = tmp_path / "toolchain"
+    (toolchain / "bin").mkdir(parents=True)
+    targets = [f"/usr/local/flakebot-escaped-{tmp_path.name}", str(toolchain / "bin" / "cargo")]
+    directory = tmp_path / "flake"
+    directory.mkdir()
+    text = BUILDER_WRITES.replace("SYSTEM", current_system()).replace("TARGETS", " ".join(targets))
+    (directory / "flake.nix").write_text(text)
+    nix = Nix()
+    built = nix.build(f"path:{directory}", sandbox_paths=[*BASE_SANDBOX_PATHS, str(toolchain)])
+    out = built.out_paths["out"]
+    try:
+        log = Path(out).read_text()
+        assert log.rstrip().endswith("done") and "wrote" not in log, log
+        assert not Path(targets[0]).exists() and not Path(targets[1]).exists()
+    finally:
+        nix.delete([out, built.drv_path])

@@ -101,3 +101,46 @@ def test_relative_paths_are_refused(sandbox: Sandbox, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="absolute"):
         sandbox.run(["true"], workdir=Path("relative"), target_dir=tmp_path, timeout=5)
     assert os.path.isabs(sandbox.toolchain.root)
+
+
+def test_no_capability_can_undo_a_read_only_bind(sandbox: Sandbox, tmp_path: Path) -> None:
+    """uid 0 inside, but no capabilities (none to regain either): no remount, no unmount."""
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "crate.txt").write_text("original\n")
+    workdir = tmp_path / "fork"
+    (workdir / ".git").mkdir(parents=True)
+    (workdir / ".git" / "config").write_text("[core]\n")
+    confined = Sandbox(sandbox.toolchain, read_only=(registry,))
+    script = (
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; "
+        f"mount -o remount,rw,bind {registry} || echo remount-refused; "
+        f"echo tampered > {registry}/crate.txt || echo registry-read-only; "
+        f"umount {workdir}/.git || echo umount-refused; "
+        f"echo '[core] fsmonitor = touch /x' >> {workdir}/.git/config || echo git-read-only"
+    )
+    done = confined.run(
+        ["sh", "-c", script], workdir=workdir, target_dir=tmp_path / "t", timeout=30
+    )
+    assert "CapEff:\t0000000000000000" in done.stdout
+    assert "CapBnd:\t0000000000000000" in done.stdout and "NoNewPrivs:\t1" in done.stdout
+    for refused in ("remount-refused", "registry-read-only", "umount-refused", "git-read-only"):
+        assert refused in done.stdout, done.stdout + done.stderr
+    assert (registry / "crate.txt").read_text() == "original\n"
+    assert (workdir / ".git" / "config").read_text() == "[core]\n"
+
+
+def test_etc_holds_a_synthetic_passwd_and_nothing_of_the_host(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    done = sandbox.run(
+        ["sh", "-c", "ls /etc; cat /etc/passwd"],
+        workdir=tmp_path,
+        target_dir=tmp_path / "t",
+        timeout=30,
+    )
+    listed = set(done.stdout.split())
+    assert {"passwd", "group"} <= listed
+    assert not listed & {"hostname", "os-release", "shadow", "hosts", "resolv.conf"}
+    host_root_line = Path("/etc/passwd").read_text().splitlines()[0]
+    assert host_root_line not in done.stdout and "root:x:0:0:root:/tmp/flakebot-home" in done.stdout
