@@ -14,7 +14,8 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import AoT, Table
 
-from flakebot.errors import SpecError
+from flakebot import fork_files
+from flakebot.errors import ForkError, SpecError
 from messages import AcceptanceCase, ToolSpec
 
 TEST_NAME = "flakebot_acceptance"
@@ -87,18 +88,14 @@ def needs_regex(spec: ToolSpec) -> bool:
     return any(case.stdout is not None and case.stdout.match == "regex" for case in spec.acceptance)
 
 
-_RESERVED = {
-    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum",
-    "extern", "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod",
-    "move", "mut", "pub", "ref", "return", "self", "static", "struct", "super", "trait", "true",
-    "try", "type", "unsafe", "use", "where", "while", "yield", "abstract", "become", "box", "do",
-    "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "main", "run_case",
-}  # fmt: skip
-
-
 def rust_test_name(case: AcceptanceCase) -> str:
-    """The #[test] function's name: the case's name, unless Rust or the helper reserves it."""
-    return f"case_{case.name}" if case.name in _RESERVED else case.name
+    """The #[test] function's name: `case_` and the case's name.
+
+    Case names are unique in a spec and match `[a-z][a-z0-9_]*`, so the prefix makes every name a
+    distinct Rust identifier that no keyword (`fn`, `match`) and no item of the file (`main`,
+    `run_case`, `BIN`) can be: a case `main` next to a case `case_main` gives `case_main` and
+    `case_case_main`."""
+    return f"case_{case.name}"
 
 
 def _case_test(case: AcceptanceCase) -> str:
@@ -172,12 +169,15 @@ def choose_binary(spec: ToolSpec, bin_names: list[str], crate_name: str) -> str:
 
 
 def install(root: Path, spec: ToolSpec, bin_name: str, *, registry_has_regex: bool) -> Path:
-    """Write the acceptance test into the fork at `root`, with what it needs in Cargo.toml."""
-    path = root / TEST_PATH
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(acceptance_source(spec, bin_name))
-    manifest = root / "Cargo.toml"
-    document = tomlkit.parse(manifest.read_text())
+    """Write the acceptance test into the package at `root`, with what it needs in Cargo.toml.
+
+    The package is a fork's, which a sandboxed stage may have changed: both files are written
+    without following symlinks (flakebot.fork_files)."""
+    fork_files.write_text(root, TEST_PATH, acceptance_source(spec, bin_name))
+    try:
+        document = tomlkit.parse(fork_files.read_text(root, "Cargo.toml") or "")
+    except tomlkit.exceptions.ParseError as exc:
+        raise ForkError(f"the fork's Cargo.toml does not parse: {exc}") from None
     changed = False
     if needs_regex(spec):
         if not registry_has_regex:
@@ -204,5 +204,5 @@ def install(root: Path, spec: ToolSpec, bin_name: str, *, registry_has_regex: bo
             document["test"] = entries
             changed = True
     if changed:
-        manifest.write_text(tomlkit.dumps(document))
-    return path
+        fork_files.write_text(root, "Cargo.toml", tomlkit.dumps(document))
+    return root / TEST_PATH

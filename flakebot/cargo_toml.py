@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from flakebot.errors import ManifestError
+from flakebot.fork_files import UnsafePath, read_regular
 
 README_CHARS = 20_000
+MANIFEST_BYTES = 1_000_000
 DepKind = Literal["normal", "build", "dev"]
 
 
@@ -68,10 +70,14 @@ def read_crate(path: Path) -> CrateRecord:
     """Read the crate unpacked at `path`; raises ManifestError when its Cargo.toml is unusable."""
     manifest_path = path / "Cargo.toml"
     try:
-        manifest = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(f"{manifest_path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = read_regular(manifest_path, limit=MANIFEST_BYTES)
+    except UnsafePath as exc:
+        raise ManifestError(exc.message) from None
+    if data is None:
+        raise ManifestError(f"{manifest_path} does not exist")
+    try:
+        manifest = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ManifestError(f"{manifest_path} is not valid TOML: {exc}") from None
     package = manifest.get("package")
     if not isinstance(package, dict):
@@ -111,10 +117,15 @@ def _readme(path: Path, setting: object) -> str:
         return ""
     candidates = [setting] if isinstance(setting, str) else ["README.md", "README", "README.txt"]
     for candidate in candidates:
-        readme = path / str(candidate)
-        if readme.is_file() and readme.resolve().is_relative_to(path.resolve()):
-            with readme.open(encoding="utf-8", errors="replace") as handle:
-                return handle.read(README_CHARS)
+        readme = (path / str(candidate)).resolve()
+        if not readme.is_relative_to(path.resolve()):
+            continue
+        try:
+            data = read_regular(readme, limit=README_CHARS * 4)
+        except UnsafePath:
+            continue
+        if data is not None:
+            return data.decode("utf-8", errors="replace")[:README_CHARS]
     return ""
 
 
@@ -314,21 +325,25 @@ def package_dir(root: Path, name: str | None = None) -> Path:
     has that [package], else a member of its (virtual) workspace. Without a name, the root's own
     package, or the workspace's only member with a binary."""
     try:
-        own = tomllib.loads((root / "Cargo.toml").read_text()).get("package")
-    except (OSError, tomllib.TOMLDecodeError):
+        own_text = read_regular(root / "Cargo.toml", limit=MANIFEST_BYTES) or b""
+        own = tomllib.loads(own_text.decode("utf-8")).get("package")
+    except (OSError, UnsafePath, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         own = None
     if isinstance(own, dict) and (name is None or own.get("name") == name):
         return root
     members = []
     for manifest in sorted(root.glob("*/Cargo.toml")) + sorted(root.glob("*/*/Cargo.toml")):
+        member = manifest.parent
+        if any(part.is_symlink() for part in (member, member.parent) if part != root):
+            continue  # a member reached through a symlink is not part of this tree
         try:
-            record = read_crate(manifest.parent)
+            record = read_crate(member)
         except ManifestError:
             continue
         if name is not None and record.name == name:
-            return manifest.parent
+            return member
         if name is None and record.bin_names:
-            members.append(manifest.parent)
+            members.append(member)
     if name is None and len(members) == 1:
         return members[0]
     raise ManifestError(

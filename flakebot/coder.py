@@ -20,10 +20,11 @@ import structlog
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from flakebot import acceptance
+from flakebot import acceptance, fork_files
 from flakebot.crate_index import CrateIndex
 from flakebot.edits import apply_proposal
 from flakebot.errors import BudgetExceeded, ModelReplyInvalid, ModelUnavailable
+from flakebot.fork_files import UnsafePath
 from flakebot.models import CallContext, ChatMessage, Model, Transcript, ask
 from flakebot.models.budget import RunBudget
 from flakebot.planner import prompt
@@ -297,7 +298,7 @@ def _tree(root: Path) -> list[str]:
     entries = []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
-        if relative.parts[0] in (".git", "target") or not path.is_file():
+        if relative.parts[0] in (".git", "target") or path.is_symlink() or not path.is_file():
             continue
         entries.append(str(relative))
         if len(entries) >= TREE_ENTRIES:
@@ -317,10 +318,13 @@ def _sources(root: Path, report: TestReport, bin_name: str) -> str:
     shown: list[str] = []
     total = 0
     for relative in dict.fromkeys(wanted):
-        path = root / relative
-        if not path.is_file() or not path.resolve().is_relative_to(root.resolve()):
+        try:
+            text = fork_files.read_text(root, relative, limit=SOURCE_CHARS * 8)
+        except UnsafePath:
+            continue  # a symlink or a special file: nothing of the host reaches the model
+        if text is None:
             continue
-        text = path.read_text(errors="replace")[:SOURCE_CHARS]
+        text = text[:SOURCE_CHARS]
         if total + len(text) > TOTAL_SOURCE_CHARS:
             break
         total += len(text)

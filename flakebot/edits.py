@@ -17,9 +17,11 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import Table
 
+from flakebot import fork_files
 from flakebot.acceptance import TEST_PATH
 from flakebot.cargo_toml import read_crate
 from flakebot.crate_index import IndexedCrate
+from flakebot.fork_files import UnsafePath
 from flakebot.semver import SemverError, Version, VersionReq
 from messages import DeleteFile, DependencyChange, EditProposal, ReplaceInFile, WriteFile
 
@@ -55,15 +57,17 @@ def apply_proposal(root: Path, proposal: EditProposal, versions: Versions) -> li
     def current(relative: str) -> str | None:
         if relative in overlay:
             return overlay[relative]
-        path = root / relative
-        if not path.is_file():
-            return None
-        return path.read_text(errors="replace")
+        return fork_files.read_text(root, relative)
 
     for number, edit in enumerate(proposal.edits, start=1):
         why = check_path(root, edit.path)
         if why is not None:
             problems.append(f"edit {number}: {why}")
+            continue
+        try:
+            current(edit.path)
+        except UnsafePath as exc:
+            problems.append(f"edit {number}: {exc.message}")
             continue
         if isinstance(edit, WriteFile):
             if len(edit.content.encode()) > MAX_FILE_BYTES:
@@ -90,10 +94,14 @@ def apply_proposal(root: Path, proposal: EditProposal, versions: Versions) -> li
                 continue
             overlay[edit.path] = None
     if proposal.dependency_changes:
-        manifest = current("Cargo.toml")
+        try:
+            manifest = current("Cargo.toml")
+        except UnsafePath as exc:
+            problems.append(exc.message)
+            manifest = ""
         if manifest is None:
             problems.append("Cargo.toml is missing, so dependencies cannot change")
-        else:
+        elif manifest:
             try:
                 overlay["Cargo.toml"] = _change_dependencies(
                     manifest, proposal.dependency_changes, versions, problems
@@ -102,13 +110,14 @@ def apply_proposal(root: Path, proposal: EditProposal, versions: Versions) -> li
                 problems.append(f"Cargo.toml does not parse after the edits: {exc}")
     if problems:
         return problems
-    for relative, content in overlay.items():
-        path = root / relative
-        if content is None:
-            path.unlink()
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
+    try:
+        for relative, content in overlay.items():
+            if content is None:
+                fork_files.remove(root, relative)
+            else:
+                fork_files.write_text(root, relative, content)
+    except UnsafePath as exc:  # the tree changed under the checks: nothing followed, say why
+        return [exc.message]
     return []
 
 

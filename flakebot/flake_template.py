@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flakebot import fork_files
 from flakebot.nix import current_system
 
 TEMPLATE = """{
@@ -77,10 +78,10 @@ def render_flake(
 
 
 def write_flake(root: Path, **fields: str) -> bool:
-    """Write flake.nix into the fork; returns whether it changed."""
+    """Write flake.nix into the fork (never through a symlink); returns whether it changed."""
     text = render_flake(**fields)
-    path = root / "flake.nix"
-    if path.exists() and path.read_text() == text:
+    present = fork_files.kind(root, "flake.nix") == "file"
+    if present and fork_files.read_text(root, "flake.nix") == text:
         return False
-    path.write_text(text)
+    fork_files.write_text(root, "flake.nix", text)
     return True

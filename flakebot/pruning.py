@@ -16,6 +16,7 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import AoT, Table
 
+from flakebot import fork_files
 from messages import PrunedItem
 
 _NO_MATCHING = re.compile(r"no matching package (?:named|found)[^`]*`([A-Za-z0-9_-]+)`")
@@ -74,8 +75,7 @@ def prune_dev_dependency(root: Path, crate: str, *, reason: str) -> list[PrunedI
 
     Returns what was removed; empty when `crate` is not (only) a dev-dependency of this package.
     """
-    manifest_path = root / "Cargo.toml"
-    document = tomlkit.parse(manifest_path.read_text())
+    document = tomlkit.parse(fork_files.read_text(root, "Cargo.toml") or "")
     if _is_normal_dependency(document, crate):
         return []
     keys: list[str] = []
@@ -91,16 +91,16 @@ def prune_dev_dependency(root: Path, crate: str, *, reason: str) -> list[PrunedI
         kind = _TARGET_DIRS[relative.split("/", 1)[0]]
         target_file = root / relative
         if target_file.name == "main.rs":
-            shutil.rmtree(target_file.parent)
+            shutil.rmtree(target_file.parent)  # refuses a symlink; never follows one
         else:
-            target_file.unlink()
+            fork_files.remove(root, relative)
         _drop_manifest_target(document, kind, relative)
         pruned.append(PrunedItem(what=kind, name=relative, reason=f"uses {crate}"))
     if _unit_tests_use(root, identifiers) and _disable_lib_tests(document):
         pruned.append(
             PrunedItem(what="test", name="lib unit tests", reason=f"src/ tests use {crate}")
         )
-    manifest_path.write_text(tomlkit.dumps(document))
+    fork_files.write_text(root, "Cargo.toml", tomlkit.dumps(document))
     return pruned
 
 
@@ -110,7 +110,7 @@ def _unit_tests_use(root: Path, identifiers: set[str]) -> bool:
     source = root / "src"
     for path in source.rglob("*.rs") if source.is_dir() else []:
         relative = path.relative_to(source)
-        if relative.parts[0] == "bin" or relative == Path("main.rs"):
+        if relative.parts[0] == "bin" or relative == Path("main.rs") or path.is_symlink():
             continue
         if uses.search(path.read_text(errors="replace")):
             return True

@@ -8,7 +8,9 @@ All attempts and candidates of one crate version share one target dir, so a fix 
 incrementally. Cargo names a path package's artifacts without its directory and trusts mtimes, so
 two forks of one crate would each see the other's binaries as fresh: the tester holds a lock on the
 target dir while it runs, and when the fork differs from the one that built there last, it touches
-the fork's files so cargo rebuilds the crate itself (its dependencies stay cached).
+the fork's files so cargo rebuilds the crate itself (its dependencies stay cached). The lock and
+the "last fork" marker live beside the target dir, not in it: the sandbox writes the target dir,
+so anything Flakebot kept there could be a planted symlink by the next time it is written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import structlog
 
 from flakebot.cargo_output import parse_diagnostics, parse_test_results
 from flakebot.errors import CommandTimedOut
+from flakebot.home import write_private
 from flakebot.proc import Completed, tail
 from flakebot.sandbox import Sandbox
 from messages import StageResult, TestReport
@@ -153,17 +156,21 @@ class _TargetLock:
 
     def __enter__(self) -> None:
         self.target_dir.mkdir(parents=True, exist_ok=True)
-        self._handle = (self.target_dir / ".flakebot-lock").open("a+")
+        state = self.target_dir.parent / ".flakebot-targets"
+        state.mkdir(exist_ok=True)
+        name = self.target_dir.name
+        lock = os.open(state / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        self._handle = os.fdopen(lock, "a+")
         fcntl.flock(self._handle, fcntl.LOCK_EX)
-        marker = self.target_dir / ".flakebot-last-fork"
-        last = marker.read_text() if marker.exists() else ""
+        marker = state / f"{name}.last-fork"
+        last = marker.read_text() if marker.is_file() and not marker.is_symlink() else ""
         if last != str(self.workdir):
             now = time.time()
             for path in self.workdir.rglob("*"):
-                if ".git" in path.parts or not path.is_file() or path.is_symlink():
+                if ".git" in path.parts or path.is_symlink() or not path.is_file():
                     continue
-                os.utime(path, (now, now))
-            marker.write_text(str(self.workdir))
+                os.utime(path, (now, now), follow_symlinks=False)
+            write_private(marker, str(self.workdir))
 
     def __exit__(self, *exc_info: object) -> None:
         if self._handle is not None:

@@ -52,17 +52,23 @@ def test_source_has_one_test_per_case() -> None:
         "hexyl",
     )
     assert 'const BIN: &str = env!("CARGO_BIN_EXE_hexyl");' in source
-    assert "fn case_fn()" in source and "fn finds()" in source and "fn fails()" in source
+    assert "fn case_fn()" in source and "fn case_finds()" in source and "fn case_fails()" in source
     assert 'assert_eq!(stdout, "a\\n"' in source
     assert 'regex::Regex::new("(?m)^a$")' in source
     assert "Some(2)" in source and '("d/f.txt", "x")' in source
     assert source.count("#[test]") == 3
 
 
-def test_reserved_names_are_prefixed() -> None:
+def test_case_names_map_to_distinct_identifiers_no_keyword_can_take() -> None:
     assert rust_test_name(AcceptanceCase(name="match")) == "case_match"
     assert rust_test_name(AcceptanceCase(name="run_case")) == "case_run_case"
-    assert rust_test_name(AcceptanceCase(name="prints_help")) == "prints_help"
+    cases = [AcceptanceCase(name=name) for name in ("main", "case_main", "fn", "case_fn")]
+    names = [rust_test_name(case) for case in cases]
+    assert len(set(names)) == len(names)
+    source = acceptance_source(spec(*cases), "tool")
+    defined = [line.split("(")[0].removeprefix("fn ") for line in source.splitlines()]
+    tests = [name for name in defined if name.startswith("case_")]
+    assert sorted(tests) == sorted(names)
 
 
 def test_choose_binary() -> None:
