@@ -11,6 +11,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from flakebot.errors import SpecError
+from flakebot.matching import check_spec_patterns
 from flakebot.models import Budget, CallContext, ChatMessage, Model, Transcript, ask
 from flakebot.models.budget import RunBudget
 from flakebot.specs import describe_errors, load_spec
@@ -80,9 +81,13 @@ class Planner:
         def to_spec(draft: BaseModel) -> ToolSpec:
             data = draft.model_dump(exclude_unset=True) | {"run_id": request.run_id}
             try:
-                return ToolSpec.model_validate(data)
+                spec = ToolSpec.model_validate(data)
+                check_spec_patterns(spec)
             except ValidationError as exc:
                 raise ValueError(describe_errors(exc)) from None
+            except SpecError as exc:
+                raise ValueError(exc.message) from None
+            return spec
 
         draft = await ask(
             self.model,

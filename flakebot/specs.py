@@ -14,9 +14,11 @@ import yaml
 from pydantic import ValidationError
 
 from flakebot.errors import SpecError
+from flakebot.matching import check_spec_patterns
 from messages import ToolSpec
 
 _SUPPLIED = ("kind", "run_id", "protocol_version")
+MAX_SPEC_BYTES = 1024 * 1024
 
 
 def describe_errors(error: ValidationError) -> str:
@@ -30,24 +32,44 @@ def describe_errors(error: ValidationError) -> str:
 
 def load_spec(path: Path, run_id: str) -> ToolSpec:
     """Read the spec file at `path` for run `run_id`; SpecError names every bad field."""
+    shown = printable(str(path))
     try:
-        text = path.read_text()
+        raw = path.read_bytes()[: MAX_SPEC_BYTES + 1]
     except OSError as exc:
-        raise SpecError(f"cannot read spec file {path}: {exc.strerror}") from None
+        raise SpecError(f"cannot read spec file {shown}: {exc.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{shown} is larger than {MAX_SPEC_BYTES // 1024} KiB; is it a spec?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(
+            f"{shown} is not UTF-8 text; a spec is a YAML or JSON file",
+            hint="see examples/hexview.yaml for a complete spec",
+        ) from None
+    language = "JSON" if path.suffix == ".json" else "YAML"
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(
-            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
-        ) from None
+        raise SpecError(f"{shown} is not valid {language}: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{shown} is nested too deeply to be a tool spec") from None
     if not isinstance(data, dict):
-        raise SpecError(f"{path} should hold a mapping (name, summary, search_queries, ...)")
+        raise SpecError(f"{shown} should hold a mapping (name, summary, search_queries, ...)")
     data = {key: value for key, value in data.items() if key not in _SUPPLIED}
     data |= {"kind": "tool_spec", "run_id": run_id}
     try:
-        return ToolSpec.model_validate(data)
+        spec = ToolSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(
-            f"{path} is not a valid tool spec:\n{describe_errors(exc)}",
+            f"{shown} is not a valid tool spec:\n{describe_errors(exc)}",
             hint="see examples/hexview.yaml for a complete spec",
         ) from None
+    except RecursionError:
+        raise SpecError(f"{shown} is nested too deeply to be a tool spec") from None
+    check_spec_patterns(spec)
+    return spec
+
+
+def printable(text: str) -> str:
+    """`text` as it can be shown: bytes that were not UTF-8 (a file name's) as escapes."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")

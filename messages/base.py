@@ -94,13 +94,6 @@ class OutputCheck(Part):
     match: Literal["exact", "contains", "regex"] = "exact"
     value: str
 
-    def matches(self, observed: str) -> bool:
-        if self.match == "exact":
-            return observed == self.value
-        if self.match == "contains":
-            return self.value in observed
-        return re.search(self.value, observed, flags=re.MULTILINE) is not None
-
     @model_validator(mode="after")
     def _regex_compiles(self) -> OutputCheck:
         if self.match == "regex":

@@ -132,12 +132,7 @@ def test_cli_spec_rejects_service_settings_and_duplicate_cases() -> None:
         m.ToolSpec.model_validate(SPEC.model_dump() | {"acceptance": [case, case]})
 
 
-def test_output_checks_match_as_named() -> None:
-    assert m.OutputCheck(match="exact", value="a\n").matches("a\n")
-    assert not m.OutputCheck(match="exact", value="a").matches("a\n")
-    assert m.OutputCheck(match="contains", value="6c 61").matches("46 6c 61 6b")
-    assert m.OutputCheck(match="regex", value=r"^0+\s+46").matches("x\n00000000  46")
-    assert not m.OutputCheck(match="regex", value=r"^46").matches("00 46")
+def test_an_output_check_regex_must_compile() -> None:
     with pytest.raises(ValidationError, match="not a valid regular expression"):
         m.OutputCheck(match="regex", value="(unclosed")
 
