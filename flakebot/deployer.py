@@ -1,19 +1,24 @@
-"""The deployer: a flake.nix in the fork, `nix build`, a GC root, and (for a service) a process.
+"""The deployer: a flake.nix in the fork, `nix build` of a clean export, a GC root, and services.
 
-`Deployer.deploy` writes the standard flake (see flake_template), commits it, and builds the
-fork as a git flake with `nixpkgs` overridden by the offline stand-in rendered for this machine.
-The output gets a GC root under FLAKEBOT_HOME/gcroots/<run>/<candidate>; every store path the build
-added is recorded for the janitor. A service is started on a loopback port Flakebot picks, its
-health path polled, and its probes checked, before the Deployment is returned.
+`Deployer.deploy` writes the standard flake (see flake_template) into the fork and commits it.
+Then it exports that commit's tree into FLAKEBOT_HOME/deployments/<run>/<candidate> (Flakebot
+writes every file of it; nothing of the fork's `.git` or work tree comes along) and builds that
+directory as a `path:` flake, with `nixpkgs` overridden by the offline stand-in rendered for this
+machine. Nix never runs git on the fork, and the export outlives the fork: it is the flake the
+manifest's `nix run` names, kept with the deployment when a run is cleaned with
+`--keep-deployment`. The output gets a GC root under FLAKEBOT_HOME/gcroots/<run>/<candidate>; every
+store path the build added is recorded for the janitor. A service is started in the tool sandbox
+(flakebot.services), its health path polled, its listening addresses checked (loopback only), and
+its probes run, before the Deployment is returned.
+
+Which registry the build may see comes from the Workspace message (the run's own record of the
+fork), never from the fork's files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import socket
-import subprocess
 import time
 from datetime import UTC, datetime
 from importlib import resources
@@ -22,28 +27,30 @@ from pathlib import Path
 import httpx
 import structlog
 
-from flakebot.acceptance import choose_binary
+from flakebot import services
 from flakebot.errors import CommandFailed, DeployError
 from flakebot.flake_template import write_flake
+from flakebot.matching import output_matches
 from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Toolchain
+from flakebot.service_host import ServiceJob
 from flakebot.settings import Settings
-from flakebot.workspace import Forker, fork_registry
+from flakebot.workspace import Forker
 from messages import Deployment, ServiceInstance, ToolSpec, Workspace
 
 log = structlog.get_logger()
 
 STORE = Path("/nix/store")
 HEALTH_TIMEOUT_S = 30.0
-# Services this process started, kept so that stopping one can reap it (no zombie, no warning).
-_STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def store_names() -> set[str]:
+    """The names in the Nix store now; empty before the first build has made the store."""
+    try:
+        return set(os.listdir(STORE))
+    except FileNotFoundError:
+        return set()
 
 
 class Deployer:
@@ -82,10 +89,15 @@ class Deployer:
             paths.append(str(registry))
         return paths
 
-    def deploy(self, workspace: Workspace, spec: ToolSpec, forker: Forker) -> Deployment:
+    def source_dir(self, workspace: Workspace) -> Path:
+        """Where the deployed flake's source lives: Flakebot's export of the fork's commit."""
+        return self.settings.home / "deployments" / workspace.run_id / workspace.candidate_id
+
+    def deploy(
+        self, workspace: Workspace, spec: ToolSpec, forker: Forker, *, bin_name: str
+    ) -> Deployment:
         root = Path(workspace.path)
-        registry = fork_registry(root) or Path("/usr/share/cargo/registry")
-        bin_name = choose_binary(spec, workspace.bin_names, workspace.crate_name)
+        registry = Path(workspace.registry.location)
         record = RunRecord(self.settings.home, workspace.run_id)
         if write_flake(
             root,
@@ -96,11 +108,14 @@ class Deployer:
             subdir=str(Path(workspace.manifest_path).parent),
         ):
             forker.commit(workspace, f"flakebot: flake.nix for {spec.name}")
-        flake_ref = f"git+file://{root}"
+        source = self.source_dir(workspace)
+        record.add("deployment", source, candidate_id=workspace.candidate_id)
+        commit = forker.export(workspace, source)
+        flake_ref = f"path:{source}"
         gc_root = self.settings.gcroots_dir / workspace.run_id / workspace.candidate_id
         gc_root.parent.mkdir(parents=True, exist_ok=True)
         record.add("gc_root", gc_root, candidate_id=workspace.candidate_id)
-        before = set(os.listdir(STORE))
+        before = store_names()
         started = time.monotonic()
         try:
             built = self.nix.build(
@@ -114,17 +129,18 @@ class Deployer:
                 f"nix build of {workspace.candidate_id} failed", log_tail=exc.output_tail
             ) from None
         finally:
-            for name in sorted(set(os.listdir(STORE)) - before):
+            for name in sorted(store_names() - before):
                 record.add("store_path", STORE / name, candidate_id=workspace.candidate_id)
         store_path = built.out_paths["out"]
         bin_path = f"{store_path}/bin/{bin_name}"
-        if not Path(bin_path).exists():
+        if not Path(bin_path).is_file():
             raise DeployError(f"{store_path} has no bin/{bin_name}", log_tail="")
         deployment = Deployment(
             run_id=workspace.run_id,
             candidate_id=workspace.candidate_id,
             flake_ref=flake_ref,
             system=current_system(),
+            commit=commit,
             store_path=store_path,
             bin_path=bin_path,
             nar_hash=self.nix.nar_hash(store_path),
@@ -146,27 +162,27 @@ class Deployer:
         self, deployment: Deployment, spec: ToolSpec, record: RunRecord
     ) -> ServiceInstance:
         assert spec.service is not None
-        port = free_port()
-        args = [arg.replace("{port}", str(port)) for arg in spec.service.args]
         logs = record.directory / f"service-{deployment.candidate_id}.log"
-        logs.parent.mkdir(parents=True, exist_ok=True)
-        with logs.open("ab") as output:
-            process = subprocess.Popen(
-                [deployment.bin_path, *args],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                start_new_session=True,
-                env={"PATH": "/usr/bin:/bin", "LANG": os.environ.get("LANG", "C.UTF-8")},
-            )
-        _STARTED[process.pid] = process
-        url = f"http://127.0.0.1:{port}"
-        record.add("service", url, candidate_id=deployment.candidate_id, pid=process.pid)
+        job = ServiceJob(
+            bin_path=deployment.bin_path,
+            args=list(spec.service.args),
+            closure=self.nix.closure(deployment.store_path),
+            log=str(logs),
+        )
+        process = services.start(job)
+        record.add(
+            "service",
+            process.url,
+            candidate_id=deployment.candidate_id,
+            pid=process.pid,
+            started=process.started,
+        )
         try:
-            self._wait_healthy(url + spec.service.health_path, process)
+            self._wait_healthy(process.url + spec.service.health_path, process, logs)
+            services.check_loopback_only(process)
             for probe in spec.service.probes:
                 response = httpx.request(
-                    probe.method, url + probe.path, content=probe.body, timeout=10
+                    probe.method, process.url + probe.path, content=probe.body, timeout=10
                 )
                 if response.status_code != probe.expect_status:
                     raise DeployError(
@@ -174,24 +190,29 @@ class Deployer:
                         f"{response.status_code}, expected {probe.expect_status}",
                         log_tail=response.text[:1_000],
                     )
-                if probe.expect_body is not None and not probe.expect_body.matches(response.text):
+                if probe.expect_body is not None and not output_matches(
+                    probe.expect_body, response.text
+                ):
                     raise DeployError(
                         f"probe {probe.name}: the body does not {probe.expect_body.match} "
                         f"{probe.expect_body.value!r}",
                         log_tail=response.text[:1_000],
                     )
         except BaseException:
-            stop_process(process.pid)
+            services.stop(process.pid, process.started)
             raise
-        log.info("service_started", url=url, pid=process.pid)
-        return ServiceInstance(pid=process.pid, port=port, url=url, started_at=datetime.now(UTC))
+        log.info("service_started", url=process.url, pid=process.pid)
+        return ServiceInstance(
+            pid=process.pid, port=process.port, url=process.url, started_at=datetime.now(UTC)
+        )
 
-    def _wait_healthy(self, url: str, process: subprocess.Popen[bytes]) -> None:
+    def _wait_healthy(self, url: str, process: services.ServiceProcess, logs: Path) -> None:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         problem = ""
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise DeployError(f"the service exited with {process.returncode}", log_tail="")
+            if not services.alive(process):
+                tail = logs.read_text(errors="replace")[-2_000:] if logs.exists() else ""
+                raise DeployError("the service exited before it answered", log_tail=tail)
             try:
                 if httpx.get(url, timeout=2).is_success:
                     return
@@ -200,33 +221,3 @@ class Deployer:
                 problem = type(exc).__name__
             time.sleep(0.2)
         raise DeployError(f"the service's health check {url} failed: {problem}", log_tail="")
-
-
-def stop_process(pid: int, *, grace: float = 5.0) -> bool:
-    """Stop a service's process group: TERM, then KILL after `grace` seconds. False if gone."""
-    try:
-        os.killpg(pid, 15)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return True
-        _reap(pid)
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, 9)
-    _reap(pid)
-    return True
-
-
-def _reap(pid: int) -> None:
-    process = _STARTED.get(pid)
-    if process is not None:
-        if process.poll() is not None:
-            del _STARTED[pid]
-        return
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)

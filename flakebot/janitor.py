@@ -2,9 +2,15 @@
 
 In order: stop the run's services, remove its GC roots, delete the store paths its builds added
 (by name, one by one: a path still rooted elsewhere, e.g. by another run that built the same thing,
-is reported and kept), remove its workspaces, and remove the target dirs no other run still uses.
-With `keep_deployment` the services, GC roots and store paths stay. Cleaning is idempotent: what is
+is reported and kept), remove its deployed flake sources and workspaces, and remove the target
+dirs no other run still uses. With `keep_deployment` the services, GC roots, store paths and the
+deployed flake sources stay (the manifest's commands keep working). Cleaning is idempotent: what is
 already gone is skipped. Runs whose lease is older than the TTL are cleaned by `clean_expired`.
+
+A service is stopped only if the process at its recorded pid is still that service (same start
+time, same program): a pid the kernel has since reused is left alone. `clean_all` and
+`clean_expired` skip runs that are still in progress (a live process holds their run lock) unless
+forced, and say which they skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from flakebot.deployer import stop_process
+from flakebot import services
 from flakebot.errors import CommandFailed
 from flakebot.nix import Nix
 from flakebot.runstate import Resource, RunRecord, all_runs
@@ -58,8 +64,8 @@ class Janitor:
         removed: list[RemovedItem] = []
         failures: list[CleanupFailure] = []
         mine = record.items(candidate_id=request.candidate_id)
-        deployment_kinds = ("service", "gc_root", "store_path")
-        for kind in ("service", "gc_root", "store_path", "workspace", "target_dir"):
+        deployment_kinds = ("service", "gc_root", "store_path", "deployment")
+        for kind in ("service", "gc_root", "store_path", "deployment", "workspace", "target_dir"):
             if request.keep_deployment and kind in deployment_kinds:
                 continue
             items = [item for item in mine if item.kind == kind]
@@ -91,24 +97,34 @@ class Janitor:
         )
         return report
 
-    def clean_all(self, reason: CleanupReason = "requested") -> list[CleanupReport]:
-        return [
-            self.clean(CleanupRequest(run_id=run.run_id, reason=reason))
-            for run in all_runs(self.settings.home)
-        ]
+    def clean_all(
+        self, reason: CleanupReason = "requested", *, force: bool = False
+    ) -> tuple[list[CleanupReport], list[str]]:
+        """Clean every run; returns the reports and the runs skipped because they are running."""
+        return self._clean_runs(all_runs(self.settings.home), reason, force=force)
 
-    def clean_expired(self, ttl_seconds: float) -> list[CleanupReport]:
-        return [
-            self.clean(CleanupRequest(run_id=run.run_id, reason="expired"))
-            for run in all_runs(self.settings.home)
-            if run.lease_age() > ttl_seconds
-        ]
+    def clean_expired(
+        self, ttl_seconds: float, *, force: bool = False
+    ) -> tuple[list[CleanupReport], list[str]]:
+        expired = [run for run in all_runs(self.settings.home) if run.lease_age() > ttl_seconds]
+        return self._clean_runs(expired, "expired", force=force)
+
+    def _clean_runs(
+        self, runs: list[RunRecord], reason: CleanupReason, *, force: bool
+    ) -> tuple[list[CleanupReport], list[str]]:
+        reports, skipped = [], []
+        for run in runs:
+            if not force and run.in_progress():
+                skipped.append(run.run_id)
+                continue
+            reports.append(self.clean(CleanupRequest(run_id=run.run_id, reason=reason)))
+        return reports, skipped
 
     def _remove(self, record: RunRecord, item: Resource) -> RemovedItem | CleanupFailure | None:
         path = Path(item.path)
         try:
             if item.kind == "service":
-                stopped = item.pid is not None and stop_process(item.pid)
+                stopped = item.pid is not None and services.stop(item.pid, item.started)
                 record.remove(item)
                 return (
                     RemovedItem(what="service", path=item.path, bytes_freed=0) if stopped else None
@@ -178,7 +194,11 @@ class Janitor:
         if record.items():
             return
         shutil.rmtree(record.directory, ignore_errors=True)
-        for directory in (self.settings.workspaces_dir, self.settings.gcroots_dir):
+        for directory in (
+            self.settings.workspaces_dir,
+            self.settings.gcroots_dir,
+            self.settings.home / "deployments",
+        ):
             run_dir = directory / record.run_id
             if run_dir.is_dir() and not any(run_dir.iterdir()):
                 run_dir.rmdir()

@@ -10,26 +10,24 @@ It is saved as JSON and Markdown in FLAKEBOT_HOME/runs/<run>/.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
-import pygit2
 from pydantic import JsonValue
 
-from flakebot.cargo_toml import read_crate
-from flakebot.errors import ConfigError
-from flakebot.proc import run
+from flakebot.errors import CommandTimedOut, ConfigError
+from flakebot.home import run_dir, write_private
+from flakebot.tool_sandbox import ToolSandbox
 from messages import (
+    CrateCandidate,
     Deployment,
     Provenance,
-    RegistryRef,
     ToolManifest,
     ToolSpec,
     WorkedExample,
-    Workspace,
 )
 
 EXAMPLE_TIMEOUT_S = 30.0
+MAX_OUTPUT_CHARS = 20_000
 
 
 def parameters_schema(spec: ToolSpec) -> dict[str, JsonValue]:
@@ -71,35 +69,33 @@ def mcp_tool(spec: ToolSpec) -> dict[str, JsonValue]:
     return {"name": spec.name, "description": spec.summary, "inputSchema": parameters_schema(spec)}
 
 
-def help_text(bin_path: str) -> str:
-    done = run([bin_path, "--help"], timeout=EXAMPLE_TIMEOUT_S, env={"PATH": "/usr/bin:/bin"})
-    return (done.stdout or done.stderr).strip()
+def help_text(sandbox: ToolSandbox, bin_path: str) -> str:
+    """What the deployed binary prints for --help, run in the tool sandbox."""
+    try:
+        done = sandbox.run([bin_path, "--help"], timeout=EXAMPLE_TIMEOUT_S)
+    except CommandTimedOut:
+        return ""
+    return (done.stdout or done.stderr).strip()[:MAX_OUTPUT_CHARS]
 
 
-def worked_examples(spec: ToolSpec, bin_path: str) -> list[WorkedExample]:
-    """Each acceptance case, run again against the deployed binary."""
+def worked_examples(spec: ToolSpec, sandbox: ToolSandbox, bin_path: str) -> list[WorkedExample]:
+    """Each acceptance case, run again against the deployed binary in the tool sandbox."""
     examples = []
     for case in spec.acceptance:
-        with tempfile.TemporaryDirectory(prefix="flakebot-example-") as scratch:
-            for relative, content in case.input_files.items():
-                path = Path(scratch) / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(content)
-            argv = [bin_path, *case.args]
-            done = run(
-                argv,
-                timeout=EXAMPLE_TIMEOUT_S,
-                cwd=Path(scratch),
-                env={"PATH": "/usr/bin:/bin"},
-                stdin=case.stdin if case.stdin is not None else "",
+        argv = [bin_path, *case.args]
+        try:
+            done = sandbox.run(
+                argv, timeout=EXAMPLE_TIMEOUT_S, stdin=case.stdin, files=case.input_files
             )
+        except CommandTimedOut:
+            continue  # an example that hangs teaches nothing; the tests passed it before
         examples.append(
             WorkedExample(
                 name=case.name,
                 command=argv,
                 stdin=case.stdin,
                 input_files=dict(case.input_files),
-                stdout=done.stdout,
+                stdout=done.stdout[:MAX_OUTPUT_CHARS],
                 exit_code=done.returncode,
             )
         )
@@ -108,39 +104,39 @@ def worked_examples(spec: ToolSpec, bin_path: str) -> list[WorkedExample]:
 
 def build_manifest(
     spec: ToolSpec,
-    workspace: Workspace,
+    candidate: CrateCandidate,
     deployment: Deployment,
     *,
-    registry: RegistryRef,
+    sandbox: ToolSandbox,
     toolchain: str,
     run_command: list[str],
 ) -> ToolManifest:
-    record = read_crate(Path(workspace.path) / Path(workspace.manifest_path).parent)
-    fork_commit = str(pygit2.Repository(workspace.path).head.target)
+    """The manifest of a deployment; provenance from the run's record of the crate, not the fork."""
+    cli = spec.tool_kind == "cli"
     return ToolManifest(
-        run_id=workspace.run_id,
+        run_id=deployment.run_id,
         name=spec.name,
         summary=spec.summary,
         tool_kind=spec.tool_kind,
         run_command=run_command,
         store_path=deployment.store_path,
         bin_path=deployment.bin_path,
-        help_text=help_text(deployment.bin_path) if spec.tool_kind == "cli" else "",
-        examples=worked_examples(spec, deployment.bin_path) if spec.tool_kind == "cli" else [],
+        help_text=help_text(sandbox, deployment.bin_path) if cli else "",
+        examples=worked_examples(spec, sandbox, deployment.bin_path) if cli else [],
         function_schema=function_schema(spec),
         mcp_tool=mcp_tool(spec),
         service_url=deployment.service.url if deployment.service else None,
         provenance=Provenance(
-            crate_name=workspace.crate_name,
-            crate_version=workspace.crate_version,
-            license=record.license,
-            repository=record.repository,
-            registry=registry,
-            fork_commit=fork_commit,
+            crate_name=candidate.name,
+            crate_version=candidate.version,
+            license=candidate.license,
+            repository=candidate.repository,
+            registry=candidate.registry,
+            fork_commit=deployment.commit,
             toolchain=toolchain,
             nar_hash=deployment.nar_hash,
         ),
-        cleanup_command=["flakebot", "clean", workspace.run_id],
+        cleanup_command=["flakebot", "clean", deployment.run_id],
     )
 
 
@@ -202,15 +198,14 @@ def _shell_word(text: str) -> str:
 
 
 def save(home: Path, manifest: ToolManifest) -> Path:
-    directory = home / "runs" / manifest.run_id
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "manifest.json").write_text(manifest.model_dump_json(indent=2))
-    (directory / "manifest.md").write_text(to_markdown(manifest))
+    directory = run_dir(home, manifest.run_id)
+    write_private(directory / "manifest.json", manifest.model_dump_json(indent=2))
+    write_private(directory / "manifest.md", to_markdown(manifest))
     return directory / "manifest.json"
 
 
 def load(home: Path, run_id: str) -> ToolManifest:
-    path = home / "runs" / run_id / "manifest.json"
+    path = run_dir(home, run_id) / "manifest.json"
     if not path.exists():
         raise ConfigError(
             f"run {run_id!r} has no manifest", hint="deploy first: flakebot deploy DIR --spec SPEC"

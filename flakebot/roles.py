@@ -13,18 +13,21 @@ from pathlib import Path
 import structlog
 
 from flakebot import manifest as manifests
+from flakebot.acceptance import choose_binary
 from flakebot.coder import CodeLoop, TestRunner
 from flakebot.crate_index import CrateIndex, index_path
 from flakebot.deployer import Deployer
-from flakebot.errors import DeployError, FlakebotError
+from flakebot.errors import DeployError, FlakebotError, ForkError
 from flakebot.janitor import Janitor
 from flakebot.models import Budget, Model, NoModel, Transcript, load_model
 from flakebot.models.budget import RunBudget
 from flakebot.planner import Planner
+from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.scout import Scout
 from flakebot.settings import ModelRef, Settings
-from flakebot.workspace import Forker, fork_registry
+from flakebot.tool_sandbox import ToolSandbox
+from flakebot.workspace import Forker
 from messages import (
     CandidateResult,
     CleanupReport,
@@ -32,7 +35,6 @@ from messages import (
     CrateCandidate,
     CrateQuery,
     Deployment,
-    RegistryRef,
     StepFailed,
     ToolManifest,
     ToolRequest,
@@ -124,11 +126,8 @@ class DeveloperRole:
         self.attempts_used = 0
 
     def _loop(self, workspace: Workspace) -> CodeLoop:
-        directory = fork_registry(Path(workspace.path)) or Path("/usr/share/cargo/registry")
-        toolchain = Toolchain.find()
-        sandbox = Sandbox(
-            toolchain, read_only=() if directory.is_relative_to("/usr") else (directory,)
-        )
+        directory = Path(workspace.registry.location)
+        sandbox = Sandbox.for_registry(Toolchain.find(), directory)
         model = _model(self.settings, self.model_ref) or NoModel()
         index = CrateIndex(directory, index_path(self.settings.home, directory))
         index.refresh()
@@ -147,10 +146,7 @@ class DeveloperRole:
     async def develop(
         self, candidate: CrateCandidate, spec: ToolSpec
     ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
-        directory = Path(candidate.registry.location)
-        sandbox = Sandbox(
-            Toolchain.find(), read_only=() if directory.is_relative_to("/usr") else (directory,)
-        )
+        sandbox = Sandbox.for_registry(Toolchain.find(), Path(candidate.registry.location))
         try:
             workspace = Forker(self.settings, sandbox).fork(candidate)
         except FlakebotError as exc:
@@ -195,10 +191,10 @@ class DeployerRole:
         self.deployer = Deployer(settings, self.toolchain)
 
     def deploy(self, workspace: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
-        toolchain = self.toolchain
-        forker = Forker(self.settings, Sandbox(toolchain))
+        forker = Forker(self.settings, Sandbox(self.toolchain))
         try:
-            return self.deployer.deploy(workspace, spec, forker)
+            bin_name = choose_binary(spec, workspace.bin_names, workspace.crate_name)
+            return self.deployer.deploy(workspace, spec, forker, bin_name=bin_name)
         except DeployError as exc:
             return step_failed(
                 workspace.run_id,
@@ -214,12 +210,15 @@ class DeployerRole:
     def instruct(
         self, workspace: Workspace, spec: ToolSpec, deployment: Deployment
     ) -> ToolManifest:
-        registry = fork_registry(Path(workspace.path)) or Path("/usr/share/cargo/registry")
+        made = RunRecord(self.settings.home, workspace.run_id).fork(workspace.candidate_id)
+        if made is None:
+            raise ForkError(f"the run has no record of the fork {workspace.candidate_id}")
+        registry = Path(workspace.registry.location)
         manifest = manifests.build_manifest(
             spec,
-            workspace,
+            made.candidate,
             deployment,
-            registry=RegistryRef(source="local", location=str(registry)),
+            sandbox=ToolSandbox(closure=tuple(self.deployer.nix.closure(deployment.store_path))),
             toolchain=self.toolchain.version(),
             run_command=self.deployer.nix.run_argv(
                 f"{deployment.flake_ref}#default", self.deployer.flake_args(registry)

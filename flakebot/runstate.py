@@ -1,23 +1,39 @@
-"""What a run made, on disk, so the janitor can remove exactly that (and nothing else).
+"""A run's own record under FLAKEBOT_HOME/runs/<run>/: the facts Flakebot trusts about a run.
 
-Each run has FLAKEBOT_HOME/runs/<run>/ holding `resources.json`: the workspaces, target dirs, GC
-roots, Nix store paths and services the run created, each tagged with its candidate, plus when
-the run's lease started. Every role that creates something records it here first; the janitor
-reads it back. Updates take a file lock, so roles in several processes can record at once.
+Everything in a fork and its target dir is attacker-controlled once a sandboxed stage or a model
+edit has run, so facts about a run never come from there. They come from here, written by Flakebot
+outside every sandbox:
+
+- `resources.json`: what the run made (workspaces, target dirs, GC roots, store paths, deployment
+  sources, services with their process identity), each tagged with its candidate, and when the
+  run's lease started. Every role records what it creates here first; the janitor reads it back.
+- `forks/<candidate>.json`: each fork as it was made: the crate candidate (name, version, licence,
+  repository, the registry it came from) and the Workspace message (path, branch, target dir,
+  package directory). Later steps read the registry to bind into a sandbox, the target dir and the
+  package directory from here, never from the fork's `.cargo/config.toml` or its layout.
+- `active.lock`: held (flock) by the process running the run; a run whose lock can be taken is not
+  in progress, however it ended (a crashed supervisor releases it with its process).
+
+Updates take a file lock, so roles in several processes can record at once; files are 0600.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Kind = Literal["workspace", "target_dir", "gc_root", "store_path", "service"]
+from flakebot.home import ID_PATTERN, PRIVATE_DIR, PRIVATE_FILE, check_id, run_dir, write_private
+from messages import CrateCandidate, Workspace
+
+Kind = Literal["workspace", "target_dir", "gc_root", "store_path", "deployment", "service"]
 
 
 class Resource(BaseModel):
@@ -27,6 +43,7 @@ class Resource(BaseModel):
     path: str  # for a service: its URL
     candidate_id: str | None = None
     pid: int | None = None
+    started: int | None = None  # a process's start time (clock ticks since boot), with its pid
 
 
 class Resources(BaseModel):
@@ -36,24 +53,31 @@ class Resources(BaseModel):
     items: list[Resource] = Field(default_factory=list)
 
 
+class ForkRecord(BaseModel):
+    """A fork as Flakebot made it: where it came from and where its parts are."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    candidate: CrateCandidate
+    workspace: Workspace
+
+
 class RunRecord:
-    """The resource record of one run."""
+    """The record of one run."""
 
     def __init__(self, home: Path, run_id: str) -> None:
         self.run_id = run_id
-        self.directory = home / "runs" / run_id
+        self.directory = run_dir(home, run_id)
         self.path = self.directory / "resources.json"
 
     @contextmanager
     def _locked(self) -> Iterator[Resources]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / ".lock").open("a+") as lock:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        with _open_private(self.directory / ".lock") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             resources = self.load()
             yield resources
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(resources.model_dump_json(indent=1))
-            temporary.replace(self.path)
+            write_private(self.path, resources.model_dump_json(indent=1))
 
     def load(self) -> Resources:
         if not self.path.exists():
@@ -61,9 +85,17 @@ class RunRecord:
         return Resources.model_validate_json(self.path.read_text())
 
     def add(
-        self, kind: Kind, path: str | Path, *, candidate_id: str | None, pid: int | None = None
+        self,
+        kind: Kind,
+        path: str | Path,
+        *,
+        candidate_id: str | None,
+        pid: int | None = None,
+        started: int | None = None,
     ) -> None:
-        resource = Resource(kind=kind, path=str(path), candidate_id=candidate_id, pid=pid)
+        resource = Resource(
+            kind=kind, path=str(path), candidate_id=candidate_id, pid=pid, started=started
+        )
         with self._locked() as resources:
             if resource not in resources.items:
                 resources.items.append(resource)
@@ -86,9 +118,67 @@ class RunRecord:
     def exists(self) -> bool:
         return self.directory.exists()
 
+    # Forks ---------------------------------------------------------------------------------------
+
+    def _fork_path(self, candidate_id: str) -> Path:
+        return self.directory / "forks" / f"{check_id(candidate_id, 'candidate id')}.json"
+
+    def save_fork(self, candidate: CrateCandidate, workspace: Workspace) -> None:
+        record = ForkRecord(candidate=candidate, workspace=workspace)
+        write_private(self._fork_path(workspace.candidate_id), record.model_dump_json(indent=1))
+
+    def fork(self, candidate_id: str) -> ForkRecord | None:
+        path = self._fork_path(candidate_id)
+        if not path.is_file():
+            return None
+        return ForkRecord.model_validate_json(path.read_text())
+
+    # Being in progress ---------------------------------------------------------------------------
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Mark the run as in progress for as long as the block runs (and this process lives)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+        with _open_private(self.directory / "active.lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def in_progress(self) -> bool:
+        """Is a live process running this run now?"""
+        path = self.directory / "active.lock"
+        if not path.exists():
+            return False
+        with path.open("r") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return True
+                raise
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
+@contextmanager
+def _open_private(path: Path) -> Iterator[TextIO]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE)
+    with os.fdopen(fd, "r+") as handle:
+        yield handle
+
 
 def all_runs(home: Path) -> list[RunRecord]:
     runs = home / "runs"
     if not runs.is_dir():
         return []
-    return [RunRecord(home, entry.name) for entry in sorted(runs.iterdir()) if entry.is_dir()]
+    return [
+        RunRecord(home, entry.name)
+        for entry in sorted(runs.iterdir())
+        if entry.is_dir() and not entry.is_symlink() and ID_PATTERN.match(entry.name)
+    ]

@@ -8,16 +8,22 @@ second commit makes it build offline: `.cargo/config.toml` points cargo at the l
 dev-dependency and the tests, benches and examples that use it are pruned, recorded, and
 resolution runs again. Every later attempt is one commit (`commit`), and any can be restored
 (`reset`).
+
+What the fork is (its crate, registry, target dir and package directory) is saved in the run's
+record when it is made, and read back from there (`open`), never from the fork: once a sandboxed
+stage has run, the fork's files are the attacker's. Only Flakebot writes `.git` (the sandbox sees
+it read-only), and the deployer builds from `export`, a copy of a commit's tree that Flakebot
+writes itself, so no git configuration, hook or symlink in the fork reaches a step outside.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 import shutil
 import socket
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +32,14 @@ from urllib.parse import urlparse
 import pygit2
 import structlog
 
+from flakebot import fork_files
 from flakebot.bundle import read_bundle, write_bundle
 from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.errors import ForkError, ManifestError
 from flakebot.pruning import prune_dev_dependency, unresolved_dependency
-from flakebot.runstate import RunRecord
+from flakebot.runstate import ForkRecord, RunRecord
 from flakebot.sandbox import Sandbox
-from flakebot.settings import Settings
+from flakebot.settings import DEBIAN_REGISTRY, Settings
 from messages import CrateCandidate, PrunedItem, RegistryRef, ScoreParts, Workspace
 
 log = structlog.get_logger()
@@ -64,11 +71,15 @@ class Forker:
         return self.settings.home / "targets" / f"{name}-{version}-{toolchain}"
 
     def fork(self, candidate: CrateCandidate) -> Workspace:
-        """Fork `candidate`; an existing fork of it in this run is returned as it is."""
+        """Fork `candidate`; an existing fork of it in this run is returned as it is now."""
         path = self.workspace_path(candidate.run_id, candidate.candidate_id)
         branch = f"flakebot/{candidate.run_id}"
-        if (path / ".git").is_dir():
-            return self.describe(candidate, path, origin=None, pruned=[])
+        record = RunRecord(self.settings.home, candidate.run_id)
+        made = record.fork(candidate.candidate_id)
+        if made is not None and (path / ".git").is_dir():
+            return self.current(made)
+        if path.exists():
+            shutil.rmtree(path)  # a fork whose making was interrupted: start again
         if candidate.registry.source != "local":
             raise ForkError(
                 f"{candidate.name} {candidate.version} comes from {candidate.registry}; forks are "
@@ -77,7 +88,6 @@ class Forker:
             )
         source = _registry_source(Path(candidate.registry.location), candidate)
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = RunRecord(self.settings.home, candidate.run_id)
         record.add("workspace", path, candidate_id=candidate.candidate_id)
         record.add(
             "target_dir",
@@ -100,6 +110,7 @@ class Forker:
             shutil.rmtree(path, ignore_errors=True)
             raise
         workspace = self.describe(candidate, path, origin=origin, pruned=pruned)
+        record.save_fork(candidate, workspace)
         log.info(
             "crate_forked",
             crate=candidate.name,
@@ -118,9 +129,10 @@ class Forker:
         origin: str | None,
         pruned: list[PrunedItem],
     ) -> Workspace:
+        """The Workspace message of a fork just made (or of a package that is not a fork)."""
         repo = pygit2.Repository(str(path))
         package = package_dir(path, candidate.name)
-        if origin is None:  # an existing fork: read what the set-up commit recorded
+        if origin is None:  # a package Flakebot did not fork: what its history says
             origin = (
                 "upstream-clone" if "origin" in list(repo.remotes.names()) else "registry-source"
             )
@@ -135,15 +147,25 @@ class Forker:
             head_commit=str(repo.head.target),
             origin=origin,
             upstream_url=candidate.repository if origin == "upstream-clone" else None,
+            registry=candidate.registry,
             target_dir=str(self.target_dir(candidate.name, candidate.version)),
             bin_names=list(read_crate(package).bin_names),
             manifest_path=str((package / "Cargo.toml").relative_to(path)),
             pruned=pruned,
         )
 
+    def current(self, made: ForkRecord) -> Workspace:
+        """A fork's Workspace as recorded when it was made, at the branch's current commit."""
+        repo = pygit2.Repository(made.workspace.path)
+        return made.workspace.model_copy(update={"head_commit": str(repo.head.target)})
+
     def open(self, path: Path) -> Workspace:
-        """The Workspace message of an existing fork (or any git repo of a cargo package)."""
+        """The Workspace of a fork Flakebot made (from its record), or of a package of yours."""
         root = path.resolve()
+        run_id, candidate_id = fork_ids(root, self.settings.workspaces_dir)
+        made = RunRecord(self.settings.home, run_id).fork(candidate_id)
+        if made is not None and Path(made.workspace.path) == root:
+            return self.current(made)
         try:
             repo = pygit2.Repository(str(root))
         except pygit2.GitError:
@@ -152,20 +174,18 @@ class Forker:
             ) from None
         if repo.head_is_unborn:
             raise ForkError(f"{root} has no commits yet", hint="fork it: flakebot fork CRATE")
-        run_id, candidate_id = fork_ids(root, self.settings.workspaces_dir)
-        crate_name = candidate_id.split("-", 1)[1] if re.match(r"^c\d+-", candidate_id) else None
-        try:
-            record = read_crate(package_dir(root, crate_name))
-        except ManifestError:
-            record = read_crate(package_dir(root))
-        registry = fork_registry(root) or Path("/usr/share/cargo/registry")
+        record = read_crate(package_dir(root))
+        registry = self.settings.registry
+        if registry.source != "local":
+            registry = RegistryRef(source="local", location=DEBIAN_REGISTRY)
         candidate = CrateCandidate(
             run_id=run_id,
             candidate_id=candidate_id,
             name=record.name,
             version=record.version,
-            registry=RegistryRef(source="local", location=str(registry)),
+            registry=registry,
             repository=record.repository,
+            license=record.license,
             score=0.0,
             score_parts=ScoreParts(relevance=0.0),
         )
@@ -212,15 +232,17 @@ class Forker:
 
     def _make_offline(self, candidate: CrateCandidate, path: Path) -> list[PrunedItem]:
         registry = Path(candidate.registry.location).resolve()
-        config_dir = path / ".cargo"
-        config_dir.mkdir(exist_ok=True)
-        (config_dir / "config.toml").write_text(
+        if fork_files.kind(path, ".cargo") not in (None, "dir"):
+            fork_files.remove(path, ".cargo")  # a crate's own symlink or file there: not followed
+        fork_files.write_text(
+            path,
+            ".cargo/config.toml",
             "# Written by flakebot: build offline against a local directory registry.\n"
             '[source.crates-io]\nreplace-with = "flakebot-local"\n\n'
-            f'[source.flakebot-local]\ndirectory = "{registry}"\n\n'
-            "[net]\noffline = true\n"
+            f"[source.flakebot-local]\ndirectory = {_toml_string(str(registry))}\n\n"
+            "[net]\noffline = true\n",
         )
-        (path / "Cargo.lock").unlink(missing_ok=True)
+        fork_files.remove(path, "Cargo.lock")
         pruned: list[PrunedItem] = []
         target = self.target_dir(candidate.name, candidate.version)
         for _ in range(64):
@@ -284,6 +306,18 @@ class Forker:
             if status & pygit2.enums.FileStatus.WT_NEW:
                 (Path(workspace.path) / untracked).unlink(missing_ok=True)
 
+    def export(self, workspace: Workspace, destination: Path) -> str:
+        """Write the tree of the branch's head commit into `destination` (made anew); returns
+        the commit. Only committed content, written by Flakebot: regular files with their mode,
+        and symlinks only when they point inside the tree; nothing of the work tree or `.git`."""
+        repo = pygit2.Repository(workspace.path)
+        commit = repo.head.peel(pygit2.Commit)
+        if destination.exists():
+            shutil.rmtree(destination)
+        destination.mkdir(parents=True)
+        _export_tree(repo, commit.tree, destination, "")
+        return str(commit.id)
+
     def export_bundle(self, workspace: Workspace, path: Path) -> Path:
         """Write the fork's branch, with its whole history, as a git bundle at `path`."""
         repo = pygit2.Repository(workspace.path)
@@ -309,17 +343,6 @@ class Forker:
         return workspace
 
 
-def fork_registry(root: Path) -> Path | None:
-    """The directory registry a fork's .cargo/config.toml builds against, if any."""
-    config = root / ".cargo" / "config.toml"
-    if config.is_file():
-        sources = tomllib.loads(config.read_text()).get("source", {})
-        for source in sources.values():
-            if isinstance(source, dict) and isinstance(source.get("directory"), str):
-                return Path(source["directory"])
-    return None
-
-
 def fork_ids(root: Path, workspaces: Path) -> tuple[str, str]:
     """A fork's run and candidate ids from its place under FLAKEBOT_HOME; made up elsewhere."""
     workspaces = workspaces.resolve()
@@ -341,6 +364,31 @@ def _registry_source(registry: Path, candidate: CrateCandidate) -> Path:
         f"{registry} has no source for {candidate.name} {candidate.version}",
         hint="re-run the search; the registry may have changed since",
     )
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _export_tree(repo: pygit2.Repository, tree: pygit2.Tree, root: Path, prefix: str) -> None:
+    for entry in tree:
+        relative = f"{prefix}{entry.name}"
+        content = repo[entry.id]
+        if isinstance(content, pygit2.Tree):
+            _export_tree(repo, content, root, relative + "/")
+        elif not isinstance(content, pygit2.Blob):
+            continue  # a gitlink (submodule) has no content here
+        elif entry.filemode == pygit2.enums.FileMode.LINK:
+            target = content.data.decode("utf-8", errors="replace")
+            inside = posixpath.normpath(posixpath.join(posixpath.dirname(relative), target))
+            if target.startswith("/") or inside == ".." or inside.startswith("../"):
+                log.info("export_symlink_skipped", path=relative, target=target)
+                continue
+            fork_files.write_symlink(root, relative, target)
+        else:
+            executable = entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE
+            mode = 0o755 if executable else 0o644
+            fork_files.write_bytes(root, relative, content.data, mode=mode)
 
 
 def _reachable(url: str, *, timeout: float) -> bool:

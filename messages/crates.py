@@ -86,6 +86,7 @@ class Workspace(Message):
     head_commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
     origin: Literal["upstream-clone", "registry-source"]
     upstream_url: str | None = None
+    registry: RegistryRef = Field(description="The registry its dependencies resolve against.")
     target_dir: str = Field(
         description="Cargo's target dir, shared per (crate, version, toolchain)."
     )

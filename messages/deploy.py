@@ -39,6 +39,9 @@ class Deployment(Message):
         description="What `nix run` and `nix build` take, e.g. path:/...#default"
     )
     system: str = Field(description="The Nix system, e.g. x86_64-linux.")
+    commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")] = Field(
+        description="The fork commit that was built."
+    )
     store_path: StorePath
     bin_path: str
     nar_hash: str
@@ -118,7 +121,9 @@ class CleanupRequest(Message):
 class RemovedItem(Part):
     """One thing the janitor removed."""
 
-    what: Literal["workspace", "target_dir", "gc_root", "store_path", "service", "cache"]
+    what: Literal[
+        "workspace", "target_dir", "gc_root", "store_path", "deployment", "service", "cache"
+    ]
     path: str
     bytes_freed: int = Field(ge=0)
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
+from flakebot.crate_index import CrateIndex
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
 from flakebot.workspace import Forker
@@ -99,3 +102,38 @@ def candidate(
         score=1.0,
         score_parts=ScoreParts(relevance=1.0),
     )
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[str]]]:
+    """A loopback port listening outside the sandbox, recording who connects."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, peer = server.accept()
+            except TimeoutError:
+                continue
+            accepted.append(str(peer))
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def debian_index(tmp_path_factory: pytest.TempPathFactory) -> CrateIndex:
+    """Debian's registry, indexed once for the session."""
+    index = CrateIndex(Path(DEBIAN.location), tmp_path_factory.mktemp("index") / "debian.sqlite")
+    index.refresh()
+    return index

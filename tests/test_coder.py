@@ -19,7 +19,6 @@ from flakebot.tester import Tester
 from flakebot.workspace import Forker
 from messages import AcceptanceCase, OutputCheck, ToolSpec, Workspace
 from tests.conftest import Cli, candidate
-from tests.registry_helpers import DEBIAN_REGISTRY
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -39,13 +38,6 @@ SPEC = ToolSpec(
         )
     ],
 )
-
-
-@pytest.fixture(scope="module")
-def debian_index(tmp_path_factory: pytest.TempPathFactory) -> CrateIndex:
-    index = CrateIndex(DEBIAN_REGISTRY, tmp_path_factory.mktemp("index") / "debian.sqlite")
-    index.refresh()
-    return index
 
 
 def planted_fork(forker: Forker, candidate_id: str) -> Workspace:

@@ -62,6 +62,7 @@ def workspace(c: CrateCandidate) -> Workspace:
         branch="flakebot/r",
         head_commit=COMMIT,
         origin="registry-source",
+        registry=REGISTRY,
         target_dir="/t",
     )
 
@@ -135,8 +136,9 @@ class TableRoles:
         return Deployment(
             run_id="r",
             candidate_id=ws.candidate_id,
-            flake_ref="git+file:///w",
+            flake_ref="path:/w",
             system="x86_64-linux",
+            commit=COMMIT,
             store_path=STORE,
             bin_path=f"{STORE}/bin/tool",
             nar_hash="sha256-x",

@@ -6,9 +6,6 @@ rebuild incrementally, as they do in a run.
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,7 +66,7 @@ def test_hexyl_forks_builds_and_passes_its_acceptance_cases(
     assert report.sandboxed
     statuses = {test.name: test.status for stage in report.stages for test in stage.tests}
     for case in ("dumps_stdin", "reads_a_file", "missing_file_fails"):
-        assert statuses[f"flakebot_acceptance::{case}"] == "passed"
+        assert statuses[f"flakebot_acceptance::case_{case}"] == "passed"
     assert statuses["lib::squeezer::tests::three_same_lines"] == "passed"
     assert [stage.stage for stage in report.stages] == ["build", "test", "clippy"]
 
@@ -137,33 +134,6 @@ def test_forks_sharing_a_target_dir_never_run_each_others_builds(
         names = {test.name for stage in report.stages for test in stage.tests}
         assert ("lib::only_in_c4" in names) is expect_planted, workspace.candidate_id
         assert report.green is not expect_planted
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[int, list[str]]]:
-    """A loopback port listening outside the sandbox, recording who connects."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.settimeout(0.2)
-    accepted: list[str] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection, peer = server.accept()
-            except TimeoutError:
-                continue
-            accepted.append(str(peer))
-            connection.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], accepted
-    stop.set()
-    thread.join()
-    server.close()
 
 
 HOSTILE_BUILD_RS = """
@@ -336,11 +306,52 @@ def test_a_virtual_workspace_member_forks_tests_and_deploys(
         attempt=0,
     )
     assert report.green, report.model_dump_json(indent=1)[-3000:]
-    assert "flakebot_acceptance::shouts" in {t.name for s in report.stages for t in s.tests}
-    deployment = Deployer(shared_settings, sandbox.toolchain).deploy(workspace, spec, forker)
+    assert "flakebot_acceptance::case_shouts" in {t.name for s in report.stages for t in s.tests}
+    deployment = Deployer(shared_settings, sandbox.toolchain).deploy(
+        workspace, spec, forker, bin_name="tiny"
+    )
     assert run([deployment.bin_path], timeout=30).stdout == "TINY\n"
     assert (
         Forker(shared_settings, confined).open(Path(workspace.path)).manifest_path
         == workspace.manifest_path
     )
     assert Janitor(shared_settings).clean(CleanupRequest(run_id="vw")).failures == []
+
+
+def test_cases_named_main_and_case_main_compile_and_both_run(
+    tmp_path: Path, forker: Forker, sandbox: Sandbox
+) -> None:
+    registry = tmp_path / "registry"
+    make_crate(registry, "echoer", "0.1.0", files={"src/main.rs": 'fn main() { print!("hi"); }\n'})
+    local = RegistryRef(source="local", location=str(registry))
+    workspace = forker.fork(candidate("echoer", "0.1.0", "c1-echoer", local))
+    hi = OutputCheck(match="exact", value="hi")
+    names = ("main", "case_main", "fn", "run_case")
+    spec = ToolSpec(
+        run_id="t",
+        name="echoer",
+        summary="Says hi.",
+        search_queries=["hi"],
+        acceptance=[AcceptanceCase(name=name, stdout=hi) for name in names],
+    )
+    root = Path(workspace.path)
+    acceptance.install(root, spec, "echoer", registry_has_regex=False)
+    report = Tester(Sandbox(sandbox.toolchain, read_only=(registry,))).test(
+        root, Path(workspace.target_dir), run_id="t", candidate_id="c1", attempt=0
+    )
+    assert report.green, report.model_dump_json(indent=1)[-3000:]
+    ran = {test.name for stage in report.stages for test in stage.tests}
+    assert {f"flakebot_acceptance::{acceptance.rust_test_name(c)}" for c in spec.acceptance} <= ran
+
+
+def test_target_dirs_of_a_package_that_is_not_a_fork_are_cleaned(
+    cli: Cli, tmp_path: Path, home: Path
+) -> None:
+    package = make_crate(tmp_path, "mine", "0.1.0", files={"src/main.rs": "fn main() {}\n"})
+    tested = cli("test", str(package), "--json")
+    assert tested.code == 0, tested.stderr
+    targets = [path for path in (home / "targets").iterdir() if path.name.startswith("mine-")]
+    assert len(targets) == 1
+    cleaned = cli("clean", "--all", "--json")
+    assert cleaned.code == 0, cleaned.stderr
+    assert not targets[0].exists()

@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from flakebot import __version__
-from flakebot.errors import FlakebotError
+from flakebot.errors import FlakebotError, MachineNotReady
+from flakebot.home import ensure_home
 from flakebot.logs import configure_logging
 from flakebot.settings import Settings
 from messages import PROTOCOL_VERSION
@@ -44,10 +45,17 @@ RegistryOption = Annotated[
 
 
 def load_settings() -> Settings:
-    """Settings from the environment, with logging configured for this process."""
+    """Settings from the environment, with logging configured and FLAKEBOT_HOME made private."""
     settings = Settings.from_env()
     secrets = [settings.groq_api_key.get_secret_value()] if settings.groq_api_key else []
     configure_logging(settings.log_level, settings.log_format, secrets=secrets)
+    try:
+        ensure_home(settings.home)
+    except OSError as exc:
+        raise MachineNotReady(
+            f"FLAKEBOT_HOME {settings.home} cannot be created: {exc.strerror}",
+            hint="set FLAKEBOT_HOME to a directory you can write",
+        ) from None
     return settings
 
 

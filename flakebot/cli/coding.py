@@ -20,7 +20,7 @@ from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings, parse_model
 from flakebot.specs import load_spec
 from flakebot.tester import Tester
-from flakebot.workspace import Forker, fork_registry
+from flakebot.workspace import Forker
 from messages import ToolRequest
 
 ModelOption = Annotated[
@@ -89,16 +89,11 @@ def code(
     settings = load_settings()
     chosen = _model(model, settings, required=True)
     assert chosen is not None
-    registry = fork_registry(directory.resolve())
-    if registry is None:
-        raise ConfigError(
-            f"{directory} has no .cargo/config.toml", hint="flakebot fork CRATE first"
-        )
-    sandbox = Sandbox(
-        Toolchain.find(), read_only=() if registry.is_relative_to("/usr") else (registry,)
-    )
+    toolchain = Toolchain.find()
+    workspace = Forker(settings, Sandbox(toolchain)).open(directory)
+    registry = Path(workspace.registry.location)
+    sandbox = Sandbox.for_registry(toolchain, registry)
     forker = Forker(settings, sandbox)
-    workspace = forker.open(directory)
     tool_spec = load_spec(spec, workspace.run_id)
     crate_index = CrateIndex(registry, index_path(settings.home, registry))
     crate_index.refresh()

@@ -10,11 +10,13 @@ import typer
 from rich.markup import escape
 
 from flakebot import manifest as manifests
+from flakebot.acceptance import choose_binary
 from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.cli import JsonFlag, app, load_settings, out, print_json
 from flakebot.errors import ConfigError
 from flakebot.janitor import Janitor
 from flakebot.roles import DeployerRole
+from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.specs import load_spec
 from flakebot.workspace import Forker
@@ -38,7 +40,8 @@ def deploy(
         else _spec_from_crate(workspace.path, workspace.run_id)
     )
     role = DeployerRole(settings)
-    deployment = role.deployer.deploy(workspace, tool_spec, forker)  # DeployError: message + log
+    bin_name = choose_binary(tool_spec, workspace.bin_names, workspace.crate_name)
+    deployment = role.deployer.deploy(workspace, tool_spec, forker, bin_name=bin_name)
     manifest = role.instruct(workspace, tool_spec, deployment)
     saved = settings.home / "runs" / workspace.run_id / "manifest.json"
     if as_json:
@@ -88,33 +91,47 @@ def clean(
     keep_deployment: Annotated[
         bool, typer.Option("--keep-deployment", help="Keep the built tool, its root and service.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Clean runs that are still in progress too.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Remove what runs made: services, GC roots, store paths, workspaces, unused target dirs."""
+    """Remove what runs made: services, GC roots, store paths, workspaces, unused target dirs.
+
+    Runs still in progress are left alone (and named) unless --force."""
     settings = load_settings()
     chosen = sum([run is not None, all_runs, expired])
     if chosen != 1:
         raise ConfigError("name one run, or pass --all or --expired", hint="flakebot clean RUN")
     janitor = Janitor(settings)
+    skipped: list[str] = []
     if run is not None:
-        if not (settings.home / "runs" / run).exists():
+        record = RunRecord(settings.home, run)  # validates the id
+        if not record.exists():
             raise ConfigError(f"there is no run {run!r} in {settings.home}")
-        reports = [janitor.clean(CleanupRequest(run_id=run, keep_deployment=keep_deployment))]
+        if record.in_progress() and not force:
+            raise ConfigError(
+                f"run {run} is still in progress", hint="wait for it, or pass --force to clean it"
+            )
+        request = CleanupRequest(run_id=run, keep_deployment=keep_deployment)
+        reports = [janitor.clean(request)]
     elif all_runs:
-        reports = janitor.clean_all()
+        reports, skipped = janitor.clean_all(force=force)
     else:
-        reports = janitor.clean_expired(settings.lease_ttl)
+        reports, skipped = janitor.clean_expired(settings.lease_ttl, force=force)
     if as_json:
-        print_json(reports)
+        print_json({"reports": reports, "skipped_in_progress": skipped})
     else:
         _print_reports(reports)
+        for run_id in skipped:
+            out.print(f"{run_id}: [yellow]still in progress, left alone[/] (--force cleans it)")
     if any(report.failures for report in reports):
         raise typer.Exit(1)
 
 
 def _print_reports(reports: list[CleanupReport]) -> None:
     if not reports:
-        out.print("Nothing to clean.")
+        out.print("Nothing cleaned.")
     for report in reports:
         freed = report.bytes_freed / 1024**2
         out.print(f"{report.run_id}: removed {len(report.removed)} items, freed {freed:.1f} MiB")

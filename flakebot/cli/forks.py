@@ -15,11 +15,13 @@ from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
 from flakebot.crate_index import CrateIndex, index_path
 from flakebot.errors import ConfigError
+from flakebot.home import check_id
+from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
-from flakebot.settings import parse_registry
+from flakebot.settings import DEBIAN_REGISTRY, parse_registry
 from flakebot.specs import load_spec
 from flakebot.tester import Tester
-from flakebot.workspace import Forker, fork_ids, fork_registry
+from flakebot.workspace import Forker, fork_ids
 from messages import CrateCandidate, ScoreParts, TestReport
 
 NoSandbox = Annotated[
@@ -59,7 +61,7 @@ def fork(
     if chosen is None:
         available = ", ".join(found.version for found in versions)
         raise ConfigError(f"{crate} {version} is not in {directory}; it has {available}")
-    run_id = run or time.strftime("fork-%Y%m%d-%H%M%S")
+    run_id = check_id(run) if run else time.strftime("fork-%Y%m%d-%H%M%S")
     candidate = CrateCandidate(
         run_id=run_id,
         candidate_id=f"c1-{chosen.name}",
@@ -101,25 +103,34 @@ def test_command(
     root = directory.resolve()
     if not (root / "Cargo.toml").is_file():
         raise ConfigError(f"{root} has no Cargo.toml", hint="pass a fork made by `flakebot fork`")
-    record = read_crate(package_dir(root))
     toolchain = Toolchain.find()
-    registry = fork_registry(root)
-    sandbox = Sandbox(
-        toolchain,
-        enabled=not no_sandbox,
-        read_only=() if registry is None or registry.is_relative_to("/usr") else (registry,),
-    )
-    forker = Forker(settings, sandbox)
     run_id, candidate_id = fork_ids(root, settings.workspaces_dir)
+    made = RunRecord(settings.home, run_id).fork(candidate_id)
+    if made is not None and Path(made.workspace.path) == root:
+        registry = Path(made.workspace.registry.location)
+        package = root / Path(made.workspace.manifest_path).parent
+        name, version = made.candidate.name, made.candidate.version
+    else:  # a package of yours, not a fork: its facts are read before anything of it runs
+        registry = Path(
+            settings.registry.location if settings.registry.source == "local" else DEBIAN_REGISTRY
+        )
+        package = package_dir(root)
+        crate = read_crate(package)
+        name, version = crate.name, crate.version
+    sandbox = Sandbox.for_registry(toolchain, registry, enabled=not no_sandbox)
+    forker = Forker(settings, sandbox)
+    target_dir = forker.target_dir(name, version)
+    RunRecord(settings.home, run_id).add("target_dir", target_dir, candidate_id=candidate_id)
     if spec is not None:
         tool_spec = load_spec(spec, run_id)
-        bin_name = acceptance.choose_binary(tool_spec, list(record.bin_names), record.name)
-        has_regex = registry is not None and any(registry.glob("regex-1.*/Cargo.toml"))
-        acceptance.install(package_dir(root), tool_spec, bin_name, registry_has_regex=has_regex)
+        bin_names = list(read_crate(package).bin_names)
+        bin_name = acceptance.choose_binary(tool_spec, bin_names, name)
+        has_regex = any(registry.glob("regex-1.*/Cargo.toml"))
+        acceptance.install(package, tool_spec, bin_name, registry_has_regex=has_regex)
     commit = _head(root)
     report = Tester(sandbox).test(
         root,
-        forker.target_dir(record.name, record.version),
+        target_dir,
         run_id=run_id,
         candidate_id=candidate_id,
         attempt=attempt,

@@ -1,0 +1,108 @@
+"""Running a deployed tool confined: the same bubblewrap sandbox as the tests, around a Nix closure.
+
+The binary Flakebot just built is code a model or a crate author wrote; running it for `--help`, the
+manifest's worked examples, or as a service happens here, never on the host as it is:
+
+- it sees /usr and its own Nix closure (the store path and everything it references) read-only,
+  nothing of FLAKEBOT_HOME, no other store path and no home directory of the host;
+- it writes only a scratch directory Flakebot made for the call (a case's input files live there),
+  plus a private /tmp and HOME that vanish afterwards;
+- it has no network at all (a service gets its own network namespace, reached through a relay);
+- no capabilities, a cleared environment, a time limit and an address-space limit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from flakebot.proc import Completed, run
+from flakebot.sandbox import (
+    DEFAULT_MEMORY_BYTES,
+    PASSED_THROUGH,
+    SANDBOX_HOME,
+    confinement,
+    etc_files,
+    require_bwrap,
+)
+
+
+def tool_environment() -> dict[str, str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": SANDBOX_HOME, "TMPDIR": "/tmp"}
+    for name in PASSED_THROUGH:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+@contextmanager
+def scratch_dir(files: Mapping[str, str] | None = None) -> Iterator[Path]:
+    """A fresh directory for one call, holding `files` (relative path to text); removed after."""
+    directory = Path(tempfile.mkdtemp(prefix="flakebot-call-"))
+    try:
+        for relative, content in (files or {}).items():
+            path = directory / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ToolSandbox:
+    """How to run a deployed tool: its Nix closure, read-only, and nothing else of the host."""
+
+    closure: tuple[str, ...]
+    memory_bytes: int = DEFAULT_MEMORY_BYTES
+
+    def __post_init__(self) -> None:
+        require_bwrap()
+
+    def argv(
+        self,
+        command: Sequence[str],
+        *,
+        workdir: Path,
+        data_fds: Mapping[str, int],
+        read_only: Sequence[Path] = (),
+        die_with_parent: bool = True,
+    ) -> list[str]:
+        limit = ["prlimit", f"--as={self.memory_bytes}", "--"]
+        return [
+            *limit,
+            *confinement(
+                read_only=[*(Path(path) for path in self.closure), *read_only],
+                writable=[workdir],
+                workdir=workdir,
+                env=tool_environment(),
+                data_fds=data_fds,
+                die_with_parent=die_with_parent,
+            ),
+            *command,
+        ]
+
+    def run(
+        self,
+        command: Sequence[str],
+        *,
+        timeout: float,
+        stdin: str | None = None,
+        files: Mapping[str, str] | None = None,
+    ) -> Completed:
+        """Run `command` (the tool's path and arguments) in a fresh scratch dir holding `files`."""
+        with scratch_dir(files) as workdir, etc_files() as data_fds:
+            argv = self.argv(command, workdir=workdir, data_fds=data_fds)
+            return run(
+                argv,
+                timeout=timeout,
+                env={"PATH": os.environ.get("PATH", "")},
+                stdin=stdin if stdin is not None else "",
+                pass_fds=list(data_fds.values()),
+            )
