@@ -18,6 +18,7 @@ from flakebot.coder import CodeLoop, TestRunner
 from flakebot.crate_index import CrateIndex, index_path
 from flakebot.deployer import Deployer
 from flakebot.errors import DeployError, FlakebotError, ForkError
+from flakebot.failures import step_failed
 from flakebot.janitor import Janitor
 from flakebot.models import Budget, Model, NoModel, Transcript, load_model
 from flakebot.models.budget import RunBudget
@@ -41,35 +42,10 @@ from messages import (
     ToolSpec,
     Workspace,
 )
-from messages.base import Step
 
 log = structlog.get_logger()
 
 _STOPWORDS = {"the", "and", "for", "with", "that", "this", "from", "into", "tool", "a", "an", "of"}
-
-
-def step_failed(
-    run_id: str,
-    step: Step,
-    error: BaseException,
-    *,
-    candidate_id: str | None = None,
-    backtrack_to: Step | None = None,
-    evidence: str = "",
-) -> StepFailed:
-    message = (
-        error.message if isinstance(error, FlakebotError) else f"{type(error).__name__}: {error}"
-    )
-    return StepFailed(
-        run_id=run_id,
-        candidate_id=candidate_id,
-        step=step,
-        error_type=type(error).__name__,
-        reason=message[:4_000] or type(error).__name__,
-        evidence=evidence[-8_000:],
-        retryable=backtrack_to is not None,
-        backtrack_to=backtrack_to,
-    )
 
 
 def _model(settings: Settings, model_ref: ModelRef | None) -> Model | None:
@@ -123,7 +99,6 @@ class DeveloperRole:
         self.tester = tester
         self.budget = budget or Budget()
         self.max_attempts = max_attempts
-        self.attempts_used = 0
 
     def _loop(self, workspace: Workspace) -> CodeLoop:
         directory = Path(workspace.registry.location)
@@ -167,20 +142,18 @@ class DeveloperRole:
                 candidate_id=candidate.candidate_id,
                 backtrack_to="scout",
             )
-        self.attempts_used = result.attempts
         return workspace, result
 
     async def revise(
-        self, workspace: Workspace, spec: ToolSpec, evidence: str
+        self, workspace: Workspace, spec: ToolSpec, evidence: str, after_attempt: int
     ) -> CandidateResult | StepFailed:
-        """Fix what a later step (the deploy) found, starting after the attempts already made."""
+        """Fix what a later step (the deploy) found, numbering attempts after `after_attempt`."""
         try:
             result = await self._loop(workspace).run(
-                workspace, spec, evidence=evidence, first_attempt=self.attempts_used + 1
+                workspace, spec, evidence=evidence, first_attempt=after_attempt + 1
             )
         except FlakebotError as exc:
             return step_failed(workspace.run_id, "code", exc, candidate_id=workspace.candidate_id)
-        self.attempts_used += result.attempts
         return result
 
 
