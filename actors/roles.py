@@ -3,13 +3,17 @@
 One scout actor serves the whole run (it owns the crates.io rate limit). Each candidate gets a
 tester actor holding one `cargo` resource (so a node runs no more cargo builds than it offers
 slots, one per core) and a coder actor pinned to the same node, since the fork lives on that
-node's disk; the deployer and the janitor for that candidate are pinned there too. Cancelling a
-candidate kills its actors: bubblewrap's --die-with-parent takes the cargo processes with them.
+node's disk; the deployer and the janitor for that candidate are pinned there too. When a
+candidate ends, however it ends, its actors are killed: the cargo slot goes back to the node,
+and bubblewrap's --die-with-parent takes the cargo processes with them. A revision after a
+failed deploy gets a new coder and tester on the same node. Ray's errors become Flakebot's
+(`answer`): what a role raised is re-raised as itself, a dead actor or node is RoleLost.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from flakebot.errors import BudgetExceeded
+from flakebot.errors import BudgetExceeded, RoleLost
 from flakebot.logs import bind_context
 from flakebot.models import Budget, Usage
 from flakebot.roles import DeployerRole, DeveloperRole, JanitorRole, PlannerRole, ScoutRole
@@ -164,10 +168,14 @@ class CoderActor:
         )
 
     async def revise(
-        self, workspace: Workspace, spec: ToolSpec, evidence: str
+        self, workspace: Workspace, spec: ToolSpec, evidence: str, after_attempt: int
     ) -> CandidateResult | StepFailed:
+        bind_context(run_id=workspace.run_id, candidate=workspace.candidate_id)
         return await self.role.revise(
-            Workspace.model_validate(workspace), ToolSpec.model_validate(spec), evidence
+            Workspace.model_validate(workspace),
+            ToolSpec.model_validate(spec),
+            evidence,
+            after_attempt,
         )
 
 
@@ -206,17 +214,34 @@ def _on(node_id: str) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
 
 
+async def answer(ref: Any, role: str) -> Any:
+    """A remote call's result; Ray's errors become ours: a crash is re-raised as what the role
+    raised (with the remote traceback as a note), a dead actor or node is RoleLost."""
+    try:
+        return await ref
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, Exception):
+            cause.add_note(f"raised in the {role}:\n{exc}")
+            raise cause from None
+        raise RoleLost(f"the {role} failed: {str(exc).strip().splitlines()[0]}") from None
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RoleLost(f"the {role} died: {type(exc).__name__}: {first}"[:500]) from None
+
+
 @dataclass
 class _Candidate:
-    node_id: str
-    tester: Handle
-    coder: Handle
+    node_id: str | None = None
+    actors: list[Handle] = field(default_factory=list)
 
 
 @dataclass
 class RayRoles:
-    """Roles for one run, as Ray actors."""
+    """Roles for one run, as Ray actors. A candidate's coder and tester live exactly as long as
+    the candidate: `end_candidate` kills them, which gives their node's cargo slot back."""
 
+    run_id: str
     model_ref: ModelRef | None
     read_only: list[str] = field(default_factory=list)
     max_attempts: int = 4
@@ -224,91 +249,131 @@ class RayRoles:
     scout_actor: Handle | None = None
     budget: Handle | None = None
     candidates: dict[str, _Candidate] = field(default_factory=dict)
+    _spawned: int = 0
 
     def __post_init__(self) -> None:
         self.budget = BudgetActor.remote()  # type: ignore[attr-defined]
-        self.planner = PlannerActor.remote(self.model_ref)  # type: ignore[attr-defined]
-        self.scout_actor = ScoutActor.remote()  # type: ignore[attr-defined]
+
+    def _name(self, what: str) -> str:
+        self._spawned += 1
+        return f"flakebot/{self.run_id}/{what}/{self._spawned}"
+
+    def _planner(self) -> Handle:
+        if self.planner is None:
+            self.planner = PlannerActor.remote(self.model_ref)  # type: ignore[attr-defined]
+        return self.planner
+
+    def _scout(self) -> Handle:
+        if self.scout_actor is None:
+            self.scout_actor = ScoutActor.remote()  # type: ignore[attr-defined]
+        return self.scout_actor
+
+    async def _on_planner(self, call: Callable[[Handle], Any]) -> Any:
+        try:
+            return await answer(call(self._planner()), "planner")
+        except RoleLost:
+            self.planner = None  # a new one next time
+            raise
 
     async def plan(self, request: ToolRequest) -> ToolSpec:
-        spec: ToolSpec = await self.planner.plan.remote(request)  # type: ignore[union-attr]
+        spec: ToolSpec = await self._on_planner(lambda actor: actor.plan.remote(request))
         return spec
 
     async def widen(self, spec: ToolSpec) -> ToolSpec:
-        widened: ToolSpec = await self.planner.widen.remote(spec)  # type: ignore[union-attr]
+        widened: ToolSpec = await self._on_planner(lambda actor: actor.widen.remote(spec))
         return widened
 
     async def scout(self, query: CrateQuery) -> list[CrateCandidate]:
-        found: list[CrateCandidate] = await self.scout_actor.scout.remote(query)  # type: ignore[union-attr]
+        try:
+            found: list[CrateCandidate] = await answer(
+                self._scout().scout.remote(query), "crate scout"
+            )
+        except RoleLost:
+            self.scout_actor = None
+            raise
         return found
+
+    async def _coder_and_tester(self, candidate_id: str, node_id: str | None) -> Handle:
+        """A tester (holding a cargo slot) and a coder on the tester's node; returns the coder."""
+        known = self.candidates.setdefault(candidate_id, _Candidate(node_id=node_id))
+        options: dict[str, Any] = {"name": self._name(f"{candidate_id}/tester")}
+        if node_id is not None:
+            options["scheduling_strategy"] = _on(node_id)
+        tester = TesterActor.options(**options).remote(self.read_only)  # type: ignore[attr-defined]
+        known.actors.append(tester)
+        known.node_id = await answer(tester.node_id.remote(), f"tester of {candidate_id}")
+        coder = CoderActor.options(  # type: ignore[attr-defined]
+            scheduling_strategy=_on(known.node_id), name=self._name(f"{candidate_id}/coder")
+        ).remote(self.model_ref, tester, self.max_attempts, self.budget)
+        known.actors.append(coder)
+        return coder
 
     async def develop(
         self, candidate: CrateCandidate, spec: ToolSpec
     ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
-        tester = TesterActor.remote(self.read_only)  # type: ignore[attr-defined]
-        node_id: str = await tester.node_id.remote()
-        coder = CoderActor.options(scheduling_strategy=_on(node_id)).remote(  # type: ignore[attr-defined]
-            self.model_ref, tester, self.max_attempts, self.budget
-        )
-        self.candidates[candidate.candidate_id] = _Candidate(node_id, tester, coder)
-        outcome: tuple[Workspace | None, CandidateResult | StepFailed] = await coder.develop.remote(
-            candidate, spec
+        coder = await self._coder_and_tester(candidate.candidate_id, None)
+        outcome: tuple[Workspace | None, CandidateResult | StepFailed] = await answer(
+            coder.develop.remote(candidate, spec), f"coder of {candidate.candidate_id}"
         )
         return outcome
 
     async def revise(
-        self, workspace: Workspace, spec: ToolSpec, evidence: str
+        self, workspace: Workspace, spec: ToolSpec, evidence: str, after_attempt: int
     ) -> CandidateResult | StepFailed:
-        coder = self.candidates[workspace.candidate_id].coder
-        revised: CandidateResult | StepFailed = await coder.revise.remote(workspace, spec, evidence)
+        known = self.candidates.get(workspace.candidate_id)
+        node_id = known.node_id if known is not None else None
+        coder = await self._coder_and_tester(workspace.candidate_id, node_id)
+        revised: CandidateResult | StepFailed = await answer(
+            coder.revise.remote(workspace, spec, evidence, after_attempt),
+            f"coder of {workspace.candidate_id}",
+        )
         return revised
 
     def _node_of(self, candidate_id: str | None) -> NodeAffinitySchedulingStrategy | str:
         known = self.candidates.get(candidate_id or "")
-        return _on(known.node_id) if known else "DEFAULT"
+        return _on(known.node_id) if known and known.node_id else "DEFAULT"
+
+    async def _once(self, actor_class: Any, candidate_id: str | None, call: str, *args: Any) -> Any:
+        """Call `call` on a fresh actor on the candidate's node, and end the actor."""
+        actor = actor_class.options(scheduling_strategy=self._node_of(candidate_id)).remote()
+        try:
+            return await answer(getattr(actor, call).remote(*args), call.rstrip("e") + "er")
+        finally:
+            ray.kill(actor, no_restart=True)
 
     async def deploy(self, workspace: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
-        deployer = DeployerActor.options(  # type: ignore[attr-defined]
-            scheduling_strategy=self._node_of(workspace.candidate_id)
-        ).remote()
-        try:
-            outcome: Deployment | StepFailed = await deployer.deploy.remote(workspace, spec)
-            return outcome
-        finally:
-            ray.kill(deployer)
+        outcome: Deployment | StepFailed = await self._once(
+            DeployerActor, workspace.candidate_id, "deploy", workspace, spec
+        )
+        return outcome
 
     async def instruct(
         self, workspace: Workspace, spec: ToolSpec, deployment: Deployment
     ) -> ToolManifest:
-        deployer = DeployerActor.options(  # type: ignore[attr-defined]
-            scheduling_strategy=self._node_of(workspace.candidate_id)
-        ).remote()
-        try:
-            manifest: ToolManifest = await deployer.instruct.remote(workspace, spec, deployment)
-            return manifest
-        finally:
-            ray.kill(deployer)
+        manifest: ToolManifest = await self._once(
+            DeployerActor, workspace.candidate_id, "instruct", workspace, spec, deployment
+        )
+        return manifest
 
-    async def cancel(self, candidate_id: str) -> None:
+    async def end_candidate(self, candidate_id: str) -> None:
         known = self.candidates.get(candidate_id)
-        if known is not None:
-            ray.kill(known.coder)
-            ray.kill(known.tester)
+        if known is None:
+            return
+        for actor in known.actors:
+            ray.kill(actor, no_restart=True)
+        known.actors.clear()
 
     async def clean(self, request: CleanupRequest) -> CleanupReport:
-        janitor = JanitorActor.options(  # type: ignore[attr-defined]
-            scheduling_strategy=self._node_of(request.candidate_id)
-        ).remote()
-        try:
-            report: CleanupReport = await janitor.clean.remote(request)
-            return report
-        finally:
-            ray.kill(janitor)
+        report: CleanupReport = await self._once(
+            JanitorActor, request.candidate_id, "clean", request
+        )
+        return report
 
     def shutdown(self) -> None:
         for known in self.candidates.values():
-            ray.kill(known.coder)
-            ray.kill(known.tester)
+            for actor in known.actors:
+                ray.kill(actor, no_restart=True)
+            known.actors.clear()
         for actor in (self.planner, self.scout_actor, self.budget):
             if actor is not None:
-                ray.kill(actor)
+                ray.kill(actor, no_restart=True)

@@ -1,8 +1,10 @@
 """The supervisor actor: runs one request's plan with the role actors, and answers progress polls.
 
-`run` drives flakebot.supervisor.Supervisor over RayRoles; `events(since)` returns the recorder's
-events from `since` on, so a driver shows progress while the run goes on (an async actor serves
-both at once).
+`run` drives flakebot.supervisor.Supervisor over RayRoles and returns the manifest or the
+step_failed message the run ended with (never raises for a failed run); `events(since)` returns
+the recorder's events from `since` on, so a driver shows progress while the run goes on (an async
+actor serves both at once). While `run` runs, this process holds the run's lock: `flakebot clean
+--all` leaves the run alone, and a crash releases the lock with the process.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from pathlib import Path
 import ray
 
 from actors.roles import RayRoles
-from flakebot.errors import FlakebotError
+from flakebot.errors import RunFailed
 from flakebot.logs import bind_context
 from flakebot.recorder import Recorder
 from flakebot.runplan import RunPlan
+from flakebot.runstate import RunRecord
 from flakebot.settings import ModelRef, Settings
 from flakebot.supervisor import Supervisor
 from messages import RegistryRef, RunEvent, StepFailed, ToolManifest, ToolRequest, ToolSpec
@@ -31,10 +34,13 @@ class SupervisorActor:
         plan: RunPlan,
         candidates: int,
         all_candidates: bool,
+        run_timeout: float | None = None,
+        heartbeat_s: float = 30.0,
     ) -> None:
         bind_context(actor="supervisor", run_id=run_id)
         settings = Settings.from_env()
-        self.recorder = Recorder(run_id, settings.home / "runs" / run_id / "journal.jsonl")
+        self.record = RunRecord(settings.home, run_id)
+        self.recorder = Recorder(run_id, self.record.directory / "journal.jsonl")
         directory = Path(registry.location)
         read_only = (
             []
@@ -43,7 +49,7 @@ class SupervisorActor:
         )
         code_step = plan.step("code")
         self.roles = RayRoles(
-            model_ref, read_only=read_only, max_attempts=code_step.max_attempts or 4
+            run_id, model_ref, read_only=read_only, max_attempts=code_step.max_attempts or 4
         )
         self.supervisor = Supervisor(
             roles=self.roles,
@@ -52,20 +58,23 @@ class SupervisorActor:
             plan=plan,
             candidates=candidates,
             all_candidates=all_candidates,
+            run_timeout=run_timeout,
+            heartbeat_s=heartbeat_s,
         )
 
     async def run(self, request: ToolRequest | ToolSpec) -> ToolManifest | StepFailed:
+        """The run's manifest, or the step_failed message it ended with; the run is marked in
+        progress (its lock held by this process) until then."""
         try:
-            return await self.supervisor.run(request)
-        except FlakebotError as exc:
-            return StepFailed(
-                run_id=self.recorder.run_id,
-                step="deploy" if "deploy" in exc.message else "code",
-                error_type=type(exc).__name__,
-                reason=exc.message[:4_000],
-            )
+            with self.record.active():
+                return await self.supervisor.run(request)
+        except RunFailed as exc:
+            return exc.failure
         finally:
             self.roles.shutdown()
+
+    def deadline(self) -> float:
+        return self.supervisor.deadline
 
     def events(self, since: int = 0) -> list[RunEvent]:
         return self.recorder.events(since)

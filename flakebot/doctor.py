@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from flakebot.errors import FlakebotError
+from flakebot.errors import FlakebotError, MachineNotReady
 from flakebot.nix import Nix, current_system
 from flakebot.proc import run, tail, which
 from flakebot.settings import Settings, tool_search_path
@@ -32,6 +32,7 @@ CHECK_NAMES: tuple[CheckName, ...] = (
 )  # fmt: skip
 
 RUST_HINT = "install Rust with rustup (or apt-get install cargo) and put ~/.cargo/bin on PATH"
+NIX_HINT = "apt-get install nix-bin (or run ./bootstrap.sh)"
 BWRAP_HINT = "apt-get install bubblewrap (or run ./bootstrap.sh)"
 REGISTRY_HINT = (
     "apt-get install librust-<crate>-dev for the crates you need (./bootstrap.sh installs the "
@@ -76,6 +77,18 @@ class Doctor:
         self.settings = settings
         self.path = tool_search_path() if path is None else path
 
+    def preflight(self) -> DoctorReport:
+        """The checks a run needs before anything starts, in milliseconds: a writable home, and
+        cargo, nix, bwrap and the registry present (no builds, no cluster)."""
+        quick: dict[CheckName, tuple[bool, Callable[[], str], str | None]] = {
+            "home": (True, self.check_home, None),
+            "cargo": (True, lambda: self._which("cargo", RUST_HINT), RUST_HINT),
+            "nix": (True, lambda: self._which("nix", NIX_HINT), NIX_HINT),
+            "bwrap": (True, lambda: self._which("bwrap", BWRAP_HINT), BWRAP_HINT),
+            "registry": (True, self.check_registry, REGISTRY_HINT),
+        }
+        return self._report(quick, tuple(quick))
+
     def run(self, only: Sequence[CheckName] = CHECK_NAMES) -> DoctorReport:
         table: dict[CheckName, tuple[bool, Callable[[], str], str | None]] = {
             "python": (True, self.check_python, None),
@@ -83,14 +96,21 @@ class Doctor:
             "cargo": (True, lambda: self._version("cargo", RUST_HINT), RUST_HINT),
             "rustc": (True, lambda: self._version("rustc", RUST_HINT), RUST_HINT),
             "clippy": (False, self.check_clippy, "rustup component add clippy"),
-            "nix": (True, self.check_nix, "apt-get install nix-bin (or run ./bootstrap.sh)"),
+            "nix": (True, self.check_nix, NIX_HINT),
             "bwrap": (True, self.check_bwrap, BWRAP_HINT),
             "registry": (True, self.check_registry, REGISTRY_HINT),
             "ray": (True, self.check_ray, "pip install 'ray[default]' into the venv"),
         }
+        return self._report(table, only)
+
+    def _report(
+        self,
+        table: dict[CheckName, tuple[bool, Callable[[], str], str | None]],
+        only: Sequence[CheckName],
+    ) -> DoctorReport:
         results = []
         for name in CHECK_NAMES:
-            if name not in only:
+            if name not in only or name not in table:
                 continue
             required, check, default_hint = table[name]
             started = time.monotonic()
@@ -248,3 +268,17 @@ try:
 except OSError as exc:
     print("blocked:", exc.strerror or exc, "; interfaces:", ",".join(names))
 """
+
+
+def require_ready(settings: Settings, *, path: str | None = None) -> None:
+    """MachineNotReady naming every missing piece and its fix, unless the preflight passes."""
+    failed = [
+        check for check in Doctor(settings, path=path).preflight().checks if check.status == "fail"
+    ]
+    if failed:
+        problems = "; ".join(f"{check.name}: {check.detail}" for check in failed)
+        fixes = "; ".join(dict.fromkeys(check.hint for check in failed if check.hint))
+        raise MachineNotReady(
+            f"this machine is not ready for a run: {problems}",
+            hint=f"{fixes} (`flakebot doctor` checks each piece)",
+        )

@@ -1,9 +1,14 @@
 """The Python driver API: `Flakebot(...).build(request) -> ToolManifest`.
 
-It starts a local Ray cluster (or joins one with `address`), runs each request's plan in a
-supervisor actor, and relays the run's events while it goes. `build` blocks; `abuild` is the
-async variant; `build_many` runs several requests at once and returns each one's manifest or
-failure. A request is free text, a spec file (YAML/JSON), or a ToolSpec.
+It checks the machine first (cargo, nix, bwrap, the registry, a writable home: milliseconds, before
+Ray starts), starts a local Ray cluster (or joins one with `address`), runs each request's plan in
+a supervisor actor, and relays the run's events while it goes. `build` blocks; `abuild` is the
+async variant; `build_many` runs several requests at once and returns, for each, its manifest or
+the RunFailed it ended with, whatever went wrong. A request is free text, a spec file (YAML/JSON),
+or a ToolSpec. A failed run raises RunFailed: the step that failed, the reason and the journal.
+The driver waits for a run no longer than its deadline (plus a margin for the supervisor itself);
+a supervisor that dies or never answers is a failed run too, and on a local cluster the driver
+then cleans what the run left.
 """
 
 from __future__ import annotations
@@ -20,30 +25,26 @@ from pathlib import Path
 import ray
 import structlog
 
+from actors.roles import Handle, answer
 from actors.supervisor import SupervisorActor
-from flakebot.errors import ConfigError, FlakebotError
+from flakebot.doctor import require_ready
+from flakebot.errors import ConfigError, FlakebotError, RunFailed
+from flakebot.failures import step_failed
+from flakebot.home import ensure_home, run_dir
+from flakebot.janitor import Janitor
 from flakebot.planner import looks_like_spec_file
 from flakebot.runplan import RunPlan, default_plan, load_plan
 from flakebot.settings import Settings, parse_model, parse_registry
 from flakebot.specs import load_spec
-from messages import RunEvent, StepFailed, ToolManifest, ToolRequest, ToolSpec
+from messages import CleanupRequest, RunEvent, StepFailed, ToolManifest, ToolRequest, ToolSpec
+from messages.base import Step
 
 log = structlog.get_logger()
 
 Request = str | Path | ToolSpec
 PASSED_ENV = ("FLAKEBOT_HOME", "FLAKEBOT_REGISTRY", "FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL",
               "FLAKEBOT_FORBID_REAL_MODELS", "FLAKEBOT_LEASE_TTL", "PATH", "HOME")  # fmt: skip
-
-
-class BuildFailed(FlakebotError):
-    """A run ended without a tool."""
-
-    def __init__(self, failure: StepFailed, journal: Path) -> None:
-        super().__init__(
-            f"run {failure.run_id} failed: {failure.reason}",
-            hint=f"the run's history is in {journal}",
-        )
-        self.failure = failure
+SUPERVISOR_MARGIN_S = 120.0
 
 
 def new_run_id() -> str:
@@ -60,6 +61,8 @@ class Flakebot:
     address: str | None = None
     plan: Path | None = None
     all_candidates: bool = False
+    timeout: float | None = None
+    heartbeat_s: float = 30.0
     settings: Settings = field(default_factory=Settings.from_env)
     _started_ray: bool = False
 
@@ -104,14 +107,26 @@ class Flakebot:
             return request.model_copy(update={"run_id": run_id})
         if isinstance(request, Path) or looks_like_spec_file(str(request)):
             return load_spec(Path(request), run_id)
-        if not str(request).strip():
+        text = str(request)
+        if not text.strip():
             raise ConfigError("the request is empty", hint='describe the tool: "a hex viewer"')
-        return ToolRequest(run_id=run_id, text=str(request))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                "the request is neither a spec file nor UTF-8 text",
+                hint="pass a path to an existing spec file, or describe the tool in words",
+            ) from None
+        return ToolRequest(run_id=run_id, text=text)
 
     async def abuild(
-        self, request: Request, *, on_event: Callable[[RunEvent], None] | None = None
+        self,
+        request: Request,
+        *,
+        on_event: Callable[[RunEvent], None] | None = None,
+        run_id: str | None = None,
     ) -> ToolManifest:
-        run_id = new_run_id()
+        run_id = run_id or new_run_id()
         message = self._request(request, run_id)
         model_ref = parse_model(self.model) if self.model else self.settings.model
         if isinstance(message, ToolRequest) and model_ref is None:
@@ -119,49 +134,93 @@ class Flakebot:
                 "a free-text request needs a model to plan it",
                 hint="pass --model (groq:NAME, openai:URL#NAME, scripted:FILE) or a spec file",
             )
-        self._connect()
         registry = parse_registry(self.registry) if self.registry else self.settings.registry
+        plan = self._plan()
+        ensure_home(self.settings.home)
+        require_ready(self.settings.model_copy(update={"registry": registry}))
+        self._connect()
         supervisor = SupervisorActor.remote(  # type: ignore[attr-defined]
-            run_id, model_ref, registry, self._plan(), self.candidates, self.all_candidates
+            run_id,
+            model_ref,
+            registry,
+            plan,
+            self.candidates,
+            self.all_candidates,
+            self.timeout,
+            self.heartbeat_s,
         )
+        deadline = (self.timeout or plan.run_deadline()) + SUPERVISOR_MARGIN_S
+        try:
+            outcome = await self._follow(supervisor, message, run_id, deadline, on_event)
+        finally:
+            ray.kill(supervisor, no_restart=True)
+        if isinstance(outcome, StepFailed):
+            raise RunFailed(outcome, journal=run_dir(self.settings.home, run_id) / "journal.jsonl")
+        return outcome
+
+    async def _follow(
+        self,
+        supervisor: Handle,
+        message: ToolRequest | ToolSpec,
+        run_id: str,
+        deadline: float,
+        on_event: Callable[[RunEvent], None] | None,
+    ) -> ToolManifest | StepFailed:
+        """Relay the run's events until it ends, the supervisor dies, or the deadline passes."""
         running = supervisor.run.remote(message)
+        started = time.monotonic()
         seen = 0
+        step: Step = "plan"
         try:
             while True:
-                done, _ = ray.wait([running], timeout=0)
-                events: list[RunEvent] = await supervisor.events.remote(seen)
+                finished, _ = ray.wait([running], timeout=0)
+                events: list[RunEvent] = await answer(supervisor.events.remote(seen), "supervisor")
                 for event in events:
                     seen = event.seq + 1
+                    if event.step != "run":
+                        step = event.step
                     if on_event is not None:
                         on_event(event)
-                if done:
-                    break
+                if finished:
+                    result: ToolManifest | StepFailed = await answer(running, "supervisor")
+                    return result
+                if time.monotonic() - started > deadline:
+                    reason = (
+                        f"the run did not end within {deadline:g} s; its supervisor was stopped"
+                    )
+                    return self._abandoned(run_id, step, "RunTimedOut", reason)
                 await asyncio.sleep(0.5)
-            outcome: ToolManifest | StepFailed = await running
-        finally:
-            ray.kill(supervisor)
-        if isinstance(outcome, StepFailed):
-            raise BuildFailed(outcome, self.settings.home / "runs" / run_id / "journal.jsonl")
-        return outcome
+        except FlakebotError as exc:  # the supervisor itself died
+            return self._abandoned(run_id, step, type(exc).__name__, exc.message)
+
+    def _abandoned(self, run_id: str, step: Step, kind: str, reason: str) -> StepFailed:
+        """A run whose supervisor could not finish it: what the driver can still clean, it does."""
+        if not self.address:  # a local cluster shares this FLAKEBOT_HOME
+            try:
+                Janitor(self.settings).clean(CleanupRequest(run_id=run_id, reason="failed"))
+            except Exception as exc:
+                log.warning("cleanup_failed", run_id=run_id, error=str(exc))
+        return StepFailed(run_id=run_id, step=step, error_type=kind, reason=reason)
 
     def build(
         self, request: Request, *, on_event: Callable[[RunEvent], None] | None = None
     ) -> ToolManifest:
         return asyncio.run(self.abuild(request, on_event=on_event))
 
-    def build_many(self, requests: Sequence[Request]) -> list[ToolManifest | BuildFailed]:
-        """Run every request at once; each result is its manifest or its failure."""
+    def build_many(self, requests: Sequence[Request]) -> list[ToolManifest | RunFailed]:
+        """Run every request at once; each result is its manifest or the RunFailed it ended with,
+        whatever went wrong with it (one request's failure never loses another's result)."""
 
-        async def all_of() -> list[ToolManifest | BuildFailed]:
-            outcomes = await asyncio.gather(
-                *(self.abuild(r) for r in requests), return_exceptions=True
-            )
-            results: list[ToolManifest | BuildFailed] = []
-            for outcome in outcomes:
-                if isinstance(outcome, ToolManifest | BuildFailed):
-                    results.append(outcome)
-                else:
-                    raise outcome
-            return results
+        async def one(request: Request) -> ToolManifest | RunFailed:
+            run_id = new_run_id()
+            try:
+                return await self.abuild(request, run_id=run_id)
+            except RunFailed as exc:
+                return exc
+            except Exception as exc:  # a bad request, or a machine that is not ready
+                return RunFailed(step_failed(run_id, "plan", exc))
+
+        async def all_of() -> list[ToolManifest | RunFailed]:
+            return list(await asyncio.gather(*(one(request) for request in requests)))
 
         return asyncio.run(all_of())

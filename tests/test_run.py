@@ -3,7 +3,11 @@
 - end to end on hexyl with the scripted model, to a manifest whose `nix run` works;
 - two candidates in parallel, the first of which cannot build: the second wins, the first is
   cancelled promptly and cleaned;
-- a deploy failure sends the run back to the coder with the Nix log, and it then succeeds.
+- a deploy failure sends the run back to the coder with the Nix log, and it then succeeds;
+- a first batch of three that all fail fast on two cargo slots goes on to the next batch;
+- a candidate whose actor is killed is a failed candidate, and the run goes on;
+- `build_many` returns every request's result, whichever fail;
+- after every run the cluster's cargo slots are all free again.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +24,7 @@ import pytest
 import ray
 
 from flakebot.driver import Flakebot
+from flakebot.errors import RunFailed
 from flakebot.janitor import Janitor
 from flakebot.proc import run
 from flakebot.settings import Settings
@@ -87,6 +93,7 @@ def test_end_to_end_on_hexyl(ray_home: Settings) -> None:
     report = Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
     assert report.failures == [] and not (ray_home.workspaces_dir / manifest.run_id).exists()
     assert set(os.listdir("/nix/store")) <= store_before  # what the run added is gone
+    assert cargo_slots_all_free()
 
 
 QUICKHEX = """use std::io::Read;
@@ -218,3 +225,128 @@ def test_one_budget_is_shared_by_every_coder_of_a_run(ray_home: Settings) -> Non
     assert caught.value.bound == "call_budget"
     assert ray.get(actor.spent.remote())["calls"] == 60
     ray.kill(actor)
+
+
+def cargo_slots_all_free(timeout: float = 20.0) -> bool:
+    """Do the cluster's cargo resources return to their total (actors die asynchronously)?"""
+    deadline = time.monotonic() + timeout
+    total = ray.cluster_resources().get("cargo")
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("cargo") == total:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+FAILS_FAST = 'fn main() { panic!("this crate never builds"); }\n'
+
+
+def hexdump_spec(**update: object) -> ToolSpec:
+    spec = ToolSpec(
+        run_id="x",
+        name="hexdump",
+        summary="Prints the bytes of stdin as hex.",
+        search_queries=["hex dump tool"],
+        acceptance=[
+            AcceptanceCase(
+                name="dumps", stdin="AB", stdout=OutputCheck(match="contains", value="41 42")
+            )
+        ],
+    )
+    return spec.model_copy(update=update)
+
+
+def test_a_first_batch_that_all_fails_fast_goes_on_to_the_next_batch(
+    ray_home: Settings, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    for name in ("afail", "bfail", "cfail"):
+        make_crate(
+            registry,
+            name,
+            "0.1.0",
+            description="hex dump tool that never builds",
+            files={"build.rs": FAILS_FAST, "src/main.rs": "fn main() {}\n"},
+        )
+    make_crate(registry, "quickhex", "0.1.0", description="a tool", files={"src/main.rs": QUICKHEX})
+    events: list[RunEvent] = []
+    bot = Flakebot(registry=f"local:{registry}", candidates=3, settings=ray_home)
+    manifest = bot.build(hexdump_spec(), on_event=events.append)  # two cargo slots, three forks
+    assert manifest.provenance.crate_name == "quickhex"
+    failed = [e for e in events if e.event == "candidate_failed"]
+    assert sorted(str(e.candidate_id).split("-", 1)[1] for e in failed) == [
+        "afail",
+        "bfail",
+        "cfail",
+    ]
+    assert all("build failed" in e.detail or "compiler errors" in e.detail for e in failed), failed
+    assert [e.data["to"] for e in events if e.event == "run_backtracked"] == ["scout"]
+    assert cargo_slots_all_free()
+    Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
+
+
+def test_a_candidate_whose_actor_is_killed_fails_and_the_run_goes_on(
+    ray_home: Settings, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    sleeps = "fn main() { std::thread::sleep(std::time::Duration::from_secs(120)); }\n"
+    make_crate(
+        registry,
+        "sleepyhex",
+        "0.1.0",
+        description="hex dump tool",
+        files={"build.rs": sleeps, "src/main.rs": "fn main() {}\n"},
+    )
+    make_crate(registry, "quickhex", "0.1.0", description="a tool", files={"src/main.rs": QUICKHEX})
+    killed: list[str] = []
+
+    def kill_the_coder() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for actor in ray.util.list_named_actors(all_namespaces=True):
+                if "c1-sleepyhex/coder" in actor["name"]:
+                    time.sleep(3)  # mid-build: the build script sleeps
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+                    killed.append(actor["name"])
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_coder, daemon=True)
+    killer.start()
+    events: list[RunEvent] = []
+    started = time.monotonic()
+    bot = Flakebot(registry=f"local:{registry}", candidates=1, settings=ray_home)
+    manifest = bot.build(hexdump_spec(preferred_crates=["sleepyhex"]), on_event=events.append)
+    killer.join()
+    assert killed and manifest.provenance.crate_name == "quickhex"
+    assert time.monotonic() - started < 110, "the killed candidate was waited for"
+    (failed,) = [e for e in events if e.event == "candidate_failed"]
+    assert failed.candidate_id == "c1-sleepyhex" and "died" in failed.detail
+    assert run(["pgrep", "-f", "sleepyhex"], timeout=10).returncode == 1  # its build went too
+    assert cargo_slots_all_free()
+    Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
+
+
+def test_build_many_returns_every_result_whichever_requests_fail(
+    ray_home: Settings, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    make_crate(
+        registry,
+        "quickhex",
+        "0.1.0",
+        description="a hex dump tool",
+        files={"src/main.rs": QUICKHEX},
+    )
+    bot = Flakebot(registry=f"local:{registry}", candidates=1, settings=ray_home)
+    backreference = hexdump_spec(
+        acceptance=[AcceptanceCase(name="c", stdout=OutputCheck(match="regex", value=r"(a)\1"))]
+    )
+    results = bot.build_many([hexdump_spec(), "a tool, in words, with no model", backreference])
+    good, no_model, bad_pattern = results
+    assert not isinstance(good, RunFailed) and good.provenance.crate_name == "quickhex"
+    assert isinstance(no_model, RunFailed) and "needs a model" in no_model.failure.reason
+    assert isinstance(bad_pattern, RunFailed) and bad_pattern.failure.step == "plan"
+    assert "backreferences" in bad_pattern.failure.reason or "\\1" in bad_pattern.failure.reason
+    assert cargo_slots_all_free()
+    Janitor(ray_home).clean(CleanupRequest(run_id=good.run_id))
