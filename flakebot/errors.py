@@ -64,6 +64,17 @@ class FlakebotError(Exception):
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Picklable whatever the subclass's constructor takes (errors cross Ray's processes).
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[FlakebotError], message: str, state: dict[str, object]) -> FlakebotError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(FlakebotError):
     """A setting, environment variable or CLI argument is wrong."""
@@ -192,13 +203,6 @@ class RunFailed(FlakebotError):
         )
         self.failure = failure
         self.journal = journal
-
-    def __reduce__(self) -> tuple[object, ...]:  # picklable through Ray with its keyword
-        return (_rebuild_run_failed, (self.failure, self.journal))
-
-
-def _rebuild_run_failed(failure: StepFailed, journal: Path | None) -> RunFailed:
-    return RunFailed(failure, journal=journal)
 
 
 def exit_code(error: BaseException) -> int:

@@ -44,8 +44,8 @@ def check_id(value: str, what: str = "run id") -> str:
     if not ID_PATTERN.match(value) or value in (".", ".."):
         raise ConfigError(
             f"{what} {value!r} is not valid",
-            hint="ids are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
-            "(`flakebot status` lists the runs)",
+            hint="ids are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit; "
+            "the runs are the directories in FLAKEBOT_HOME/runs",
         )
     return value
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -344,3 +347,70 @@ def test_cli_deploy_manifest_clean(cli: Cli, deployed: Deployed) -> None:
     assert missing.code == 2 and "has no manifest" in missing.stderr
     both = cli("clean", "x", "--all", env=env)
     assert both.code == 2 and "name one run" in both.stderr
+
+
+def test_the_deployer_on_a_machine_with_no_nix_store_yet(
+    cli: Cli, tmp_path: Path, home: Path
+) -> None:
+    """A fresh machine: /nix is empty (a tmpfs here); the first build makes the store."""
+    registry = tmp_path / "registry"
+    says_fresh = 'fn main() { println!("fresh"); }\n'
+    make_crate(registry, "fresh", "0.1.0", files={"src/main.rs": says_fresh})
+    fork = cli("fork", "fresh", "--registry", f"local:{registry}", "--run", "fresh1", "--json")
+    assert fork.code == 0, fork.stderr
+    fork_path = str(fork.json()["path"])  # type: ignore[index]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: fresh\nsummary: Says fresh.\nsearch_queries: [fresh]\n")
+    flakebot = Path(sys.executable).with_name("flakebot")
+    fresh_nix = ["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/nix", "--", str(flakebot)]
+    env = {**os.environ, "FLAKEBOT_HOME": str(home), "FLAKEBOT_REGISTRY": f"local:{registry}"}
+    done = run(
+        [*fresh_nix, "deploy", fork_path, "--spec", str(spec), "--json"], timeout=600, env=env
+    )
+    assert done.ok, done.stderr
+    deployed = json.loads(done.stdout)
+    assert deployed["deployment"]["store_path"].startswith("/nix/store/")
+    assert deployed["manifest"]["name"] == "fresh"
+    Janitor(Settings.from_env({"FLAKEBOT_HOME": str(home)})).clean(CleanupRequest(run_id="fresh1"))
+
+
+HOLDS_THE_RUN = """
+import sys, time
+from pathlib import Path
+from flakebot.runstate import RunRecord
+with RunRecord(Path(sys.argv[1]), "busy").active():
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_clean_all_leaves_a_run_in_progress_alone_unless_forced(
+    cli: Cli, settings: Settings
+) -> None:
+    for run_id in ("busy", "done"):
+        workspace = settings.workspaces_dir / run_id / "c1"
+        workspace.mkdir(parents=True)
+        RunRecord(settings.home, run_id).add("workspace", workspace, candidate_id="c1")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDS_THE_RUN, str(settings.home)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        assert RunRecord(settings.home, "busy").in_progress()
+        assert not RunRecord(settings.home, "done").in_progress()
+        env = {"FLAKEBOT_HOME": str(settings.home)}
+        cleaned = cli("clean", "--all", env=env)
+        assert cleaned.code == 0, cleaned.stderr
+        assert "busy: still in progress, left alone" in cleaned.stdout
+        assert (settings.workspaces_dir / "busy" / "c1").exists()
+        assert not (settings.workspaces_dir / "done").exists()
+        one = cli("clean", "busy", env=env)
+        assert one.code == 2 and "still in progress" in one.stderr
+        forced = cli("clean", "--all", "--force", "--json", env=env)
+        assert forced.code == 0 and forced.json()["skipped_in_progress"] == []  # type: ignore[index]
+        assert not (settings.workspaces_dir / "busy").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()  # type: ignore[union-attr]
+    assert not RunRecord(settings.home, "busy").in_progress()  # a dead process holds nothing

@@ -145,7 +145,7 @@ def test_real_models_are_refused_under_test(cli: Cli) -> None:
         "groq:llama-3.3-70b-versatile",
         env={"GROQ_API_KEY": "gsk_x" * 4},
     )
-    assert result.code == 2 and "refusing to call a real Groq model" in result.stderr
+    assert result.code == 3 and "refusing to call a real Groq model" in result.stderr
     assert "gsk_x" not in result.stderr + result.stdout
 
 

@@ -141,7 +141,7 @@ def test_cli_search_bad_input(cli: Cli, tmp_path: Path) -> None:
 
 def test_cli_search_network_failure(cli: Cli) -> None:
     result = cli("search", "hex", "--registry", "crates-io:http://127.0.0.1:9", timeout=120)
-    assert result.code == 2
+    assert result.code == 3  # the work failed (not the usage)
     assert "crates.io did not answer" in result.stderr
     assert "--registry local" in result.stderr and "Traceback" not in result.stderr
 

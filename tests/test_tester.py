@@ -355,3 +355,21 @@ def test_target_dirs_of_a_package_that_is_not_a_fork_are_cleaned(
     cleaned = cli("clean", "--all", "--json")
     assert cleaned.code == 0, cleaned.stderr
     assert not targets[0].exists()
+
+
+def test_a_malformed_cargo_config_in_a_fork_is_a_red_report_not_a_traceback(
+    cli: Cli, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    make_crate(registry, "plain", "0.1.0", files={"src/main.rs": "fn main() {}\n"})
+    fork = cli("fork", "plain", "--registry", f"local:{registry}", "--run", "badcfg", "--json")
+    assert fork.code == 0, fork.stderr
+    root = Path(str(fork.json()["path"]))  # type: ignore[index]
+    (root / ".cargo" / "config.toml").write_text("[source.crates-io\nreplace-with = \n")
+    tested = cli("test", str(root))
+    assert tested.code == 1 and "Traceback" not in tested.stderr + tested.stdout
+    assert "red" in tested.stdout
+    deployed = cli(
+        "deploy", str(root), "--json"
+    )  # the registry is the run record's, not the file's
+    assert "Traceback" not in deployed.stderr

@@ -1,7 +1,9 @@
 """The `flakebot` command line.
 
 Every command prints a readable result on a terminal and, with `--json`, the same as JSON on
-stdout. Logs go to stderr. A FlakebotError becomes a message and a hint, never a traceback.
+stdout. Logs go to stderr. Any error becomes `error: ...` and `hint: ...` on stderr and a documented
+exit code, never a traceback: a FlakebotError as its message, anything else as an internal error
+whose traceback goes to a crash log under FLAKEBOT_HOME/crashes (`--debug` prints it instead).
 Commands live in the modules of this package, one per area; this module holds the app and what
 they share.
 """
@@ -9,7 +11,12 @@ they share.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,10 +25,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from flakebot import __version__
-from flakebot.errors import FlakebotError, MachineNotReady
-from flakebot.home import ensure_home
+from flakebot.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    FlakebotError,
+    MachineNotReady,
+    exit_code,
+)
+from flakebot.home import ensure_home, private_umask, write_private
 from flakebot.logs import configure_logging
+from flakebot.redact import redact
 from flakebot.settings import Settings
+from flakebot.specs import printable
 from messages import PROTOCOL_VERSION
 
 app = typer.Typer(
@@ -32,7 +47,7 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 RegistryOption = Annotated[
@@ -80,25 +95,100 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_debug = {"on": False}
+
+
 @app.callback()
 def _main(
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, print the whole traceback.")
+    ] = False,
 ) -> None:
-    """Flakebot: agents ask for a tool; Flakebot builds, proves and deploys it."""
+    """Flakebot: agents ask for a tool; Flakebot builds, proves and deploys it.
+
+    Exit codes: 0 done; 1 a negative answer (tests red, doctor unhealthy, something not cleaned);
+    2 bad usage or input; 3 the work failed (a run, a fork, a deploy); 4 this machine lacks
+    something Flakebot needs; 70 an internal error (a crash log is written); 130 interrupted.
+    """
+    _debug["on"] = debug or os.environ.get("FLAKEBOT_LOG_LEVEL", "").strip().lower() == "debug"
+
+
+MAX_MESSAGE_LINES = 20
+
+
+def report_error(error: FlakebotError) -> None:
+    """An error as the user sees it: `error: ...` (details indented, bounded) and `hint: ...`."""
+    lines = printable(error.message).strip().splitlines() or [type(error).__name__]
+    err.print(f"[red]error:[/] {escape(lines[0])}")
+    shown = lines[1:MAX_MESSAGE_LINES]
+    for line in shown:
+        err.print(f"  {escape(line)}", highlight=False)
+    if len(lines) > MAX_MESSAGE_LINES:
+        err.print(f"  [dim]... {len(lines) - MAX_MESSAGE_LINES} more lines[/]")
+    if error.hint:
+        err.print(f"[dim]hint:[/] {escape(printable(error.hint))}")
+
+
+def report_crash(error: BaseException) -> None:
+    """An unexpected exception: one line, and the traceback in a crash log (or here, --debug)."""
+    trace = redact("".join(traceback.format_exception(error)))
+    first = printable(redact(str(error)).strip().splitlines()[0] if str(error).strip() else "")
+    err.print(f"[red]error:[/] internal error: {escape(type(error).__name__)}: {escape(first)}")
+    if _debug["on"]:
+        err.print(escape(trace), highlight=False)
+        return
+    log_path = _crash_log(trace)
+    where = f"the traceback is in {log_path}" if log_path else "rerun with --debug to see it"
+    err.print(f"[dim]hint:[/] this is a bug in Flakebot; {where} (--debug prints it)")
+
+
+def _crash_log(trace: str) -> Path | None:
+    name = time.strftime("crash-%Y%m%d-%H%M%S-") + f"{os.getpid()}.log"
+    for directory in (_crash_dir(), Path(tempfile.gettempdir())):
+        if directory is None:
+            continue
+        try:
+            write_private(directory / name, trace)
+        except OSError:
+            continue
+        return directory / name
+    return None
+
+
+def _crash_dir() -> Path | None:
+    try:
+        return Settings.from_env().home / "crashes"
+    except FlakebotError:
+        return None
 
 
 def main() -> None:
-    """Console-script entry point: run the app and turn our errors into readable messages."""
+    """Console-script entry point: every error becomes a message, a hint and an exit code."""
+    private_umask()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors: typer prints them as the user expects
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(exc, "exit_code", 2))
     except FlakebotError as exc:
-        err.print(f"[red]error:[/] {escape(exc.message)}")
-        if exc.hint:
-            err.print(f"[dim]hint:[/] {escape(exc.hint)}")
-        sys.exit(2)
+        if _debug["on"]:
+            err.print(escape(redact("".join(traceback.format_exception(exc)))), highlight=False)
+        report_error(exc)
+        sys.exit(exit_code(exc))
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("[red]error:[/] interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        if type(exc).__name__ == "Abort":  # Ctrl-C, as the command-line parser reports it
+            err.print("[red]error:[/] interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        report_crash(exc)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # The commands register themselves on `app` when their modules are imported.

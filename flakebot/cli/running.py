@@ -23,6 +23,8 @@ MARKS = {
     "tool_deployed": "[green]✓[/]",
     "deploy_failed": "[red]✗[/]",
     "run_failed": "[red]✗[/]",
+    "cleanup_failed": "[yellow]![/]",
+    "progress_reported": "[dim]…[/]",
 }
 
 
@@ -39,12 +41,19 @@ def run_command(
     all_candidates: Annotated[
         bool, typer.Option("--all-candidates", help="Deploy the best green candidate.")
     ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout", min=1, help="Seconds the run may take (default: sized for the plan)."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Plan, scout, fork, code and test in parallel, deploy, and print the tool's manifest.
 
     Progress goes to stderr (readable lines on a terminal, run_event JSON lines otherwise); the
-    manifest goes to stdout (Markdown, or the tool_manifest message with --json).
+    manifest goes to stdout (Markdown, or the tool_manifest message with --json). A failed run
+    prints the step that failed, why, and its journal, and exits 3.
     """
     settings = load_settings()
     terminal = sys.stderr.isatty()
@@ -66,6 +75,7 @@ def run_command(
         address=address,
         plan=plan,
         all_candidates=all_candidates,
+        timeout=timeout,
         settings=settings,
     )
     try:
