@@ -51,7 +51,8 @@ class CrateRecord:
     license: str | None = None
     repository: str | None = None
     readme: str = ""
-    bin_names: tuple[str, ...] = ()
+    bin_names: tuple[str, ...] = ()  # every binary target cargo builds
+    tool_bins: tuple[str, ...] = ()  # those that are the crate's tools, not fixtures or helpers
     has_lib: bool = False
     dependencies: tuple[Dependency, ...] = field(default=())
     features: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -85,6 +86,8 @@ def read_crate(path: Path) -> CrateRecord:
     name, version = package.get("name"), package.get("version")
     if not isinstance(name, str) or not isinstance(version, str):
         raise ManifestError(f"{manifest_path} lacks a string package.name and package.version")
+    has_lib = _has_lib(path, manifest)
+    bins = _binaries(path, name, manifest, has_lib=has_lib)
     return CrateRecord(
         name=name,
         version=version,
@@ -95,8 +98,9 @@ def read_crate(path: Path) -> CrateRecord:
         license=_text(package.get("license")) or None,
         repository=_text(package.get("repository")) or None,
         readme=_readme(path, package.get("readme")),
-        bin_names=_bin_names(path, name, manifest),
-        has_lib=_has_lib(path, manifest),
+        bin_names=tuple(bin_name for bin_name, _ in bins),
+        tool_bins=tuple(bin_name for bin_name, tool in bins if tool),
+        has_lib=has_lib,
         dependencies=_dependencies(manifest),
         features=_features(manifest),
     )
@@ -129,32 +133,53 @@ def _readme(path: Path, setting: object) -> str:
     return ""
 
 
-def _bin_names(path: Path, package_name: str, manifest: dict[str, object]) -> tuple[str, ...]:
-    names: list[str] = []
+_NOT_A_TOOL = re.compile(r"fixture|shim|(^|[-_])(test|tests|bench|example)s?([-_]|$)")
+BIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+
+
+def _binaries(
+    path: Path, package_name: str, manifest: dict[str, object], *, has_lib: bool
+) -> list[tuple[str, bool]]:
+    """(name, is it a tool) for every binary target, found the way cargo finds them.
+
+    Declared `[[bin]]` targets and `src/main.rs` are tools. A library crate's auto-discovered
+    `src/bin/*` is often a test helper (clap's stdio-fixture, os_pipe's cat): those count as tools
+    only when named after the package. Names that say fixture, shim, test or bench never do.
+    Names cargo would not accept are left out."""
+    found: list[tuple[str, bool]] = []
     explicit_paths: set[str] = set()
     bins = manifest.get("bin")
     for entry in bins if isinstance(bins, list) else []:
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            names.append(entry["name"])
+            found.append((entry["name"], True))
             if isinstance(entry.get("path"), str):
                 explicit_paths.add(str(Path(entry["path"])))
     package = manifest.get("package")
     autobins = package.get("autobins", True) if isinstance(package, dict) else True
     if autobins is not False:
-        discovered: list[tuple[str, str]] = []
+        discovered: list[tuple[str, str, bool]] = []
         if (path / "src" / "main.rs").is_file():
-            discovered.append((package_name, "src/main.rs"))
+            discovered.append((package_name, "src/main.rs", True))
         bin_dir = path / "src" / "bin"
-        if bin_dir.is_dir():
+        if bin_dir.is_dir() and not bin_dir.is_symlink():
             for entry in sorted(bin_dir.iterdir()):
                 if entry.suffix == ".rs" and entry.is_file():
-                    discovered.append((entry.stem, f"src/bin/{entry.name}"))
+                    name, relative = entry.stem, f"src/bin/{entry.name}"
                 elif (entry / "main.rs").is_file():
-                    discovered.append((entry.name, f"src/bin/{entry.name}/main.rs"))
-        for name, relative in discovered:
+                    name, relative = entry.name, f"src/bin/{entry.name}/main.rs"
+                else:
+                    continue
+                tool = not has_lib or name == package_name or name.startswith(package_name)
+                discovered.append((name, relative, tool))
+        names = {name for name, _ in found}
+        for name, relative, tool in discovered:
             if name not in names and relative not in explicit_paths:
-                names.append(name)
-    return tuple(names)
+                found.append((name, tool))
+    return [
+        (name, tool and not _NOT_A_TOOL.search(name.lower()))
+        for name, tool in found
+        if BIN_NAME.match(name)
+    ]
 
 
 def _has_lib(path: Path, manifest: dict[str, object]) -> bool:

@@ -29,7 +29,7 @@ from flakebot.semver import SemverError, Version
 
 log = structlog.get_logger()
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: bin_names holds the tool binaries only
 # bm25 column weights: name, keywords, categories, description, readme
 BM25_WEIGHTS = (10.0, 5.0, 2.0, 4.0, 0.5)
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
@@ -251,7 +251,7 @@ class CrateIndex:
                 record.repository,
                 json.dumps(record.keywords),
                 json.dumps(record.categories),
-                json.dumps(record.bin_names),
+                json.dumps(record.tool_bins),
                 int(record.has_lib),
                 json.dumps(dependencies),
                 json.dumps(record.features),

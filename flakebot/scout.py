@@ -2,8 +2,11 @@
 
 A candidate's score is the weighted mean of the parts that apply to its registry:
 
-    relevance   text match of the queries (BM25 locally; crates.io's own order remotely), in [0, 1]
-    has_binary  1 if the crate has a binary target, when the query prefers binaries (cli, service)
+    relevance   text match of the queries (BM25 locally; crates.io's own order remotely), in [0, 1];
+                1 for a crate named by a word of a query (`base64 encode decode` names base64)
+    has_binary  1 if the crate has a tool binary, when the query prefers binaries (cli, service):
+                a mild preference, since a library crate whose API fits is a good start too (the
+                coder writes its binary); test fixtures and helpers are not tools
     license     1 for a permissive licence, 0.3 for copyleft, 0.5 when unknown
     resolves    local only: 1 if a default build's dependencies all resolve in this registry
     downloads   crates.io only: log-scaled, 10M downloads = 1
@@ -31,7 +34,7 @@ log = structlog.get_logger()
 
 WEIGHTS = {
     "relevance": 0.55,
-    "has_binary": 0.15,
+    "has_binary": 0.05,
     "license": 0.10,
     "resolves": 0.20,
     "downloads": 0.15,
@@ -144,6 +147,11 @@ class Scout:
                 if value > relevance.get(hit.crate.name, 0.0):
                     relevance[hit.crate.name] = value
                     crates[hit.crate.name] = hit.crate
+            for named in _named_crates(index, text, query):
+                value = QUERY_DECAY**position  # a query word that is a crate's name: the best match
+                if value > relevance.get(named.name, 0.0):
+                    relevance[named.name] = value
+                    crates[named.name] = named
         scored = []
         for name, crate in crates.items():
             parts = ScoreParts(
@@ -216,6 +224,23 @@ class Scout:
             candidate.model_copy(update={"candidate_id": f"c{rank}-{candidate.name}"})
             for rank, candidate in enumerate(scored[: query.limit], start=1)
         ]
+
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _named_crates(index: CrateIndex, text: str, query: CrateQuery) -> list[IndexedCrate]:
+    """The crates a query names outright: a word of it is the crate's name (`-` and `_` alike)."""
+    found = []
+    for word in dict.fromkeys(match.group().lower() for match in _WORD.finditer(text)):
+        for name in dict.fromkeys((word, word.replace("-", "_"), word.replace("_", "-"))):
+            if name in query.exclude:
+                continue
+            versions = index.versions(name)
+            if versions and not (query.bins_only and not versions[0].bin_names):
+                found.append(versions[0])
+                break
+    return found
 
 
 def _remote_candidate(

@@ -117,3 +117,21 @@ def test_unusable_manifests_are_errors(tmp_path: Path, text: str, problem: str) 
     (tmp_path / "Cargo.toml").write_text(text)
     with pytest.raises(ManifestError, match=re.escape(problem)):
         read_crate(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("directory", "bins", "tools"),
+    [
+        ("hexyl-0.8.0", ("hexyl",), ("hexyl",)),  # a library and its tool, named after it
+        ("bat-0.22.1", ("bat",), ("bat",)),
+        ("clap-4.0.32", ("stdio-fixture",), ()),  # a test fixture beside a library
+        ("os_pipe-1.1.1", ("cat", "cat_both", "swap"), ()),  # test helpers beside a library
+        ("cc-1.0.73", ("gcc-shim",), ()),
+        ("sha2-0.10.5", (), ()),  # a library only
+    ],
+)
+def test_tools_are_told_apart_from_fixtures_and_helpers(
+    directory: str, bins: tuple[str, ...], tools: tuple[str, ...]
+) -> None:
+    record = read_crate(Path("/usr/share/cargo/registry") / directory)
+    assert record.bin_names == bins and record.tool_bins == tools

@@ -116,7 +116,7 @@ def test_license_score(expression: str | None, score: float) -> None:
 
 def test_combine_uses_only_the_parts_that_apply() -> None:
     assert combine(ScoreParts(relevance=1.0)) == 1.0
-    assert combine(ScoreParts(relevance=1.0, has_binary=0.0)) == round(0.55 / 0.70, 4)
+    assert combine(ScoreParts(relevance=1.0, has_binary=0.0)) == round(0.55 / 0.60, 4)
     assert recency_score(None, __import__("datetime").datetime.now()) is None
 
 
@@ -157,3 +157,21 @@ def test_cli_index_reports_skipped_crates(cli: Cli, tmp_path: Path) -> None:
     assert report["skipped"][0]["directory"] == "bad-0.1.0"
     text = cli("index", "--registry", f"local:{registry}")
     assert "Indexed 1 crates" in text.stdout and "skipped bad-0.1.0" in text.stdout
+
+
+def test_a_library_named_by_the_request_beats_a_binary_that_is_not(settings: Settings) -> None:
+    # hexyl's binary once ranked it above base64 for this: a binary is a mild preference now.
+    top = scout_names(settings, "base64 encode decode", limit=3, prefer_binary=True)
+    assert top[0] == "base64", top
+    assert scout_names(settings, "sha2 checksum", limit=1, prefer_binary=True) == ["sha2"]
+
+
+def test_test_fixtures_are_not_tools(settings: Settings) -> None:
+    scout = Scout(settings)
+    index = scout.local_index(Path(DEBIAN.location))
+    try:
+        clap = index.versions("clap")[0]  # src/bin/stdio-fixture.rs beside a library
+        hexyl = index.versions("hexyl")[0]  # src/bin/hexyl.rs beside a library: its tool
+        assert clap.bin_names == () and hexyl.bin_names == ("hexyl",)
+    finally:
+        scout.close()
