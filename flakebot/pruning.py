@@ -22,6 +22,7 @@ from messages import PrunedItem
 _NO_MATCHING = re.compile(r"no matching package (?:named|found)[^`]*`([A-Za-z0-9_-]+)`")
 _NO_VERSION = re.compile(r"failed to select a version for the requirement `([A-Za-z0-9_-]+) = ")
 _TARGET_DIRS = {"tests": "test", "benches": "bench", "examples": "example"}
+_DOC_INCLUDE = re.compile(r'doc\s*=\s*include_str!\(\s*"([^"]+)"\s*\)')
 _MOD_DECL = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;", re.M)
 
 
@@ -96,36 +97,55 @@ def prune_dev_dependency(root: Path, crate: str, *, reason: str) -> list[PrunedI
             fork_files.remove(root, relative)
         _drop_manifest_target(document, kind, relative)
         pruned.append(PrunedItem(what=kind, name=relative, reason=f"uses {crate}"))
-    if _unit_tests_use(root, identifiers) and _disable_lib_tests(document):
+    in_code, in_docs = _library_uses(root, identifiers)
+    if in_code and _disable_lib(document, "test"):
         pruned.append(
             PrunedItem(what="test", name="lib unit tests", reason=f"src/ tests use {crate}")
+        )
+    if in_docs and _disable_lib(document, "doctest"):
+        pruned.append(
+            PrunedItem(what="test", name="lib doctests", reason=f"doc examples use {crate}")
         )
     fork_files.write_text(root, "Cargo.toml", tomlkit.dumps(document))
     return pruned
 
 
-def _unit_tests_use(root: Path, identifiers: set[str]) -> bool:
-    """Does the library's source (outside src/bin and src/main.rs) name any identifier?"""
+def _library_uses(root: Path, identifiers: set[str]) -> tuple[bool, bool]:
+    """Does the library name any identifier in its code (unit tests), and in its docs (doctests:
+    `///` and `//!` comments, and a README the crate includes as its docs)?"""
     uses = re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, identifiers))) + r")\b")
+    in_code = in_docs = False
     source = root / "src"
     for path in source.rglob("*.rs") if source.is_dir() else []:
         relative = path.relative_to(source)
         if relative.parts[0] == "bin" or relative == Path("main.rs") or path.is_symlink():
             continue
-        if uses.search(path.read_text(errors="replace")):
-            return True
-    return False
+        text = fork_files.read_text(root, str(path.relative_to(root))) or ""
+        for line in text.splitlines():
+            if not uses.search(line):
+                continue
+            stripped = line.lstrip()
+            if stripped.startswith(("///", "//!")):
+                in_docs = True
+            elif not stripped.startswith("//"):
+                in_code = True
+        for included in _DOC_INCLUDE.findall(text):
+            target = (path.parent / included).resolve()
+            if target.is_relative_to(root.resolve()) and not target.is_symlink():
+                included_text = fork_files.read_text(root, str(target.relative_to(root.resolve())))
+                in_docs = in_docs or bool(uses.search(included_text or ""))
+    return in_code, in_docs
 
 
-def _disable_lib_tests(document: tomlkit.TOMLDocument) -> bool:
-    """Set `[lib] test = false`; returns False when it was already off."""
+def _disable_lib(document: tomlkit.TOMLDocument, setting: str) -> bool:
+    """Set `[lib] <setting> = false` (test or doctest); returns False when it was already off."""
     library = document.get("lib")
     if not isinstance(library, Table):
         library = tomlkit.table()
         document["lib"] = library
-    if library.get("test") is False:
+    if library.get(setting) is False:
         return False
-    library["test"] = False
+    library[setting] = False
     return True
 
 

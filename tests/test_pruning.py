@@ -103,3 +103,35 @@ def test_cargo_resolution_errors_name_the_crate() -> None:
     )
     assert unresolved_dependency(mismatch) == "nix"
     assert unresolved_dependency("error: could not compile `x`") is None
+
+
+def test_doc_examples_that_use_a_pruned_crate_take_the_doctests_with_them(tmp_path: Path) -> None:
+    root = make_crate(
+        tmp_path,
+        "hashy",
+        "0.1.0",
+        extra_toml='[dev-dependencies]\nhex-literal = "0.3"\n',
+        files={
+            "src/lib.rs": "//! ```\n//! use hex_literal::hex;\n//! ```\npub fn hash() {}\n",
+        },
+    )
+    pruned = prune_dev_dependency(root, "hex-literal", reason="not in the registry")
+    assert ("test", "lib doctests") in [(item.what, item.name) for item in pruned]
+    assert ("test", "lib unit tests") not in [(item.what, item.name) for item in pruned]
+    library = tomllib.loads((root / "Cargo.toml").read_text())["lib"]
+    assert library["doctest"] is False and "test" not in library
+
+
+def test_a_readme_included_as_the_crate_docs_counts_as_docs(tmp_path: Path) -> None:
+    root = make_crate(
+        tmp_path,
+        "readmed",
+        "0.1.0",
+        extra_toml='[dev-dependencies]\nhex-literal = "0.3"\n',
+        files={
+            "src/lib.rs": '#![doc = include_str!("../README.md")]\npub fn f() {}\n',
+            "README.md": "```rust\nuse hex_literal::hex;\n```\n",
+        },
+    )
+    pruned = prune_dev_dependency(root, "hex-literal", reason="not in the registry")
+    assert ("test", "lib doctests") in [(item.what, item.name) for item in pruned]
