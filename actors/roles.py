@@ -5,15 +5,16 @@ tester actor holding one `cargo` resource (so a node runs no more cargo builds t
 slots, one per core) and a coder actor pinned to the same node, since the fork lives on that
 node's disk; the deployer and the janitor for that candidate are pinned there too. When a
 candidate ends, however it ends, its actors are killed: the cargo slot goes back to the node,
-and bubblewrap's --die-with-parent takes the cargo processes with them. A revision after a
-failed deploy gets a new coder and tester on the same node. Ray's errors become Flakebot's
+and bubblewrap's --die-with-parent takes the cargo processes with them. The winner's coder lives
+on until the deploy, so a revision keeps its model and memory (a new pair on the same node if
+it is gone). Ray's errors become Flakebot's
 (`answer`): what a role raised is re-raised as itself, a dead actor or node is RoleLost.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,13 @@ class TesterActor:
         return str(ray.get_runtime_context().get_node_id())
 
     async def test(
-        self, workdir: str, target_dir: str, run_id: str, candidate_id: str, attempt: int
+        self,
+        workdir: str,
+        target_dir: str,
+        run_id: str,
+        candidate_id: str,
+        attempt: int,
+        lint_warn: list[str],
     ) -> TestReport:
         bind_context(run_id=run_id, candidate=candidate_id)
         return await asyncio.to_thread(
@@ -95,6 +102,7 @@ class TesterActor:
             run_id=run_id,
             candidate_id=candidate_id,
             attempt=attempt,
+            lint_warn=lint_warn,
         )
 
 
@@ -137,10 +145,20 @@ class RemoteTestRunner:
     tester: Handle
 
     async def test(
-        self, workdir: Path, target_dir: Path, *, run_id: str, candidate_id: str, attempt: int
+        self,
+        workdir: Path,
+        target_dir: Path,
+        *,
+        run_id: str,
+        candidate_id: str,
+        attempt: int,
+        lint_warn: Sequence[str] = (),
     ) -> TestReport:
-        report: TestReport = await self.tester.test.remote(
-            str(workdir), str(target_dir), run_id, candidate_id, attempt
+        report: TestReport = await answer(
+            self.tester.test.remote(
+                str(workdir), str(target_dir), run_id, candidate_id, attempt, list(lint_warn)
+            ),
+            f"tester of {candidate_id}",
         )
         return report
 
@@ -234,6 +252,7 @@ async def answer(ref: Any, role: str) -> Any:
 class _Candidate:
     node_id: str | None = None
     actors: list[Handle] = field(default_factory=list)
+    coder: Handle | None = None
 
 
 @dataclass
@@ -306,6 +325,7 @@ class RayRoles:
             scheduling_strategy=_on(known.node_id), name=self._name(f"{candidate_id}/coder")
         ).remote(self.model_ref, tester, self.max_attempts, self.budget)
         known.actors.append(coder)
+        known.coder = coder
         return coder
 
     async def develop(
@@ -322,7 +342,9 @@ class RayRoles:
     ) -> CandidateResult | StepFailed:
         known = self.candidates.get(workspace.candidate_id)
         node_id = known.node_id if known is not None else None
-        coder = await self._coder_and_tester(workspace.candidate_id, node_id)
+        coder = known.coder if known is not None and known.coder is not None else None
+        if coder is None:  # ended, or never here: a new pair on the fork's node
+            coder = await self._coder_and_tester(workspace.candidate_id, node_id)
         revised: CandidateResult | StepFailed = await answer(
             coder.revise.remote(workspace, spec, evidence, after_attempt),
             f"coder of {workspace.candidate_id}",
@@ -362,6 +384,7 @@ class RayRoles:
         for actor in known.actors:
             ray.kill(actor, no_restart=True)
         known.actors.clear()
+        known.coder = None
 
     async def clean(self, request: CleanupRequest) -> CleanupReport:
         report: CleanupReport = await self._once(

@@ -9,6 +9,7 @@ never by pasting, so no case can break out of its literal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import tomlkit
@@ -149,22 +150,34 @@ def acceptance_source(spec: ToolSpec, bin_name: str) -> str:
     )
 
 
-def choose_binary(spec: ToolSpec, bin_names: list[str], crate_name: str) -> str:
-    """Which of the crate's binaries the acceptance cases run."""
-    for preferred in (spec.name, crate_name):
-        if preferred in bin_names:
-            return preferred
-    if len(bin_names) == 1:
-        return bin_names[0]
-    if not bin_names:
-        raise SpecError(
-            f"{crate_name} has no binary target to run the acceptance cases of {spec.name!r}",
-            hint="the coder adds src/main.rs (or [[bin]]) first",
-        )
-    raise SpecError(
-        f"{crate_name} has several binaries ({', '.join(bin_names)}) and none is named "
-        f"{spec.name!r} or {crate_name!r}: which one does the spec mean?",
-        hint="name the spec after one of them",
+def choose_binary(
+    spec: ToolSpec, tool_bins: Sequence[str], crate_name: str, *, all_bins: Sequence[str] = ()
+) -> str:
+    """The binary the acceptance cases run (and the one deployed), read from the fork as it is.
+
+    One named after the spec, if the crate builds it; else the crate's tool named after the crate;
+    else its only tool. Otherwise the spec's name: a library crate, or a crate whose tools are
+    all something else, gets that binary from the coder (`src/bin/<name>.rs`), and until then its
+    acceptance cases fail to compile, which is what the coder is told."""
+    if spec.name in tool_bins or spec.name in all_bins:
+        return spec.name
+    if crate_name in tool_bins:
+        return crate_name
+    if len(tool_bins) == 1:
+        return tool_bins[0]
+    return spec.name
+
+
+def binary_note(bin_name: str, tool_bins: Sequence[str], all_bins: Sequence[str]) -> str:
+    """What the coder is told about the binary the acceptance cases run."""
+    if bin_name in all_bins:
+        return f"the acceptance cases run the binary `{bin_name}`."
+    have = ", ".join(f"`{name}`" for name in all_bins) or "none"
+    return (
+        f"the acceptance cases run the binary `{bin_name}`, which the crate does not have yet "
+        f"(its binaries: {have}). Create it: `src/bin/{bin_name}.rs` with a `main` that uses the "
+        "crate's library (add dependencies you need, such as an argument parser, from the "
+        "registry as dependency changes)."
     )
 
 

@@ -1,30 +1,44 @@
 """The coder and its loop: ask the model for edits, apply them, test, feed the results back.
 
 `CodeLoop.run` first installs the spec's acceptance cases and tests the fork as it is; a crate that
-already passes gets no edit. Otherwise each attempt asks the model for an EditProposal (shown the
-spec, the fork's files, the relevant sources and the last TestReport), applies it safely, commits
-it with its outcome, and tests it. The loop ends green, or at `max_attempts`, or when the budget
-(tokens, calls, seconds, money) runs out, and the CandidateResult says which. A reply that does
-not validate, or edits that cannot apply, are fed back and cost an attempt; they never crash a run.
+already passes gets no edit. Otherwise each attempt asks the model for an EditProposal (see
+flakebot.coder_prompt for what it is shown), applies it safely, commits it with its outcome, and
+tests it. The loop ends green, or at `max_attempts`, or when the budget (tokens, calls, seconds,
+money) runs out, and the CandidateResult says which. A reply that does not validate, or edits
+that cannot apply, are fed back and cost an attempt; they never crash a run.
+
+The binary the acceptance cases run is read from the fork before every test, as the edits left
+it: a library crate has none at first, its cases fail to compile, and the model is told to write
+it. Lints are judged against the unmodified crate: clippy errors the fork had before any edit
+(deny-by-default lints in upstream code) are recorded in the fork's history and reported as
+warnings from then on; what the edits add must be clean. The loop remembers every attempt of the
+candidate (flakebot.coder_prompt.AttemptRecord), rebuilt from the fork's history when it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import structlog
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from flakebot import acceptance, fork_files
+from flakebot import acceptance
+from flakebot.cargo_toml import CrateRecord, read_crate
+from flakebot.coder_prompt import (
+    AttemptRecord,
+    coder_prompt,
+    commit_message,
+    edits_of,
+    history_from_commits,
+)
 from flakebot.crate_index import CrateIndex
 from flakebot.edits import apply_proposal
-from flakebot.errors import BudgetExceeded, ModelReplyInvalid, ModelUnavailable
-from flakebot.fork_files import UnsafePath
+from flakebot.errors import BudgetExceeded, ManifestError, ModelReplyInvalid, ModelUnavailable
+from flakebot.failures import report_outcome
 from flakebot.models import CallContext, ChatMessage, Model, Transcript, ask
 from flakebot.models.budget import RunBudget
 from flakebot.planner import prompt
@@ -44,9 +58,7 @@ from messages.coding import EndedBy
 
 log = structlog.get_logger()
 
-SOURCE_CHARS = 30_000
-TOTAL_SOURCE_CHARS = 90_000
-TREE_ENTRIES = 300
+UPSTREAM_LINTS = "upstream lints: "
 
 
 class EditDraft(BaseModel):
@@ -73,7 +85,14 @@ class TestRunner(Protocol):
     """Runs the tester somewhere: in this process (LocalTestRunner) or in a tester actor."""
 
     async def test(
-        self, workdir: Path, target_dir: Path, *, run_id: str, candidate_id: str, attempt: int
+        self,
+        workdir: Path,
+        target_dir: Path,
+        *,
+        run_id: str,
+        candidate_id: str,
+        attempt: int,
+        lint_warn: Sequence[str] = (),
     ) -> TestReport: ...
 
 
@@ -84,7 +103,14 @@ class LocalTestRunner:
     tester: Tester
 
     async def test(
-        self, workdir: Path, target_dir: Path, *, run_id: str, candidate_id: str, attempt: int
+        self,
+        workdir: Path,
+        target_dir: Path,
+        *,
+        run_id: str,
+        candidate_id: str,
+        attempt: int,
+        lint_warn: Sequence[str] = (),
     ) -> TestReport:
         return await asyncio.to_thread(
             self.tester.test,
@@ -93,12 +119,27 @@ class LocalTestRunner:
             run_id=run_id,
             candidate_id=candidate_id,
             attempt=attempt,
+            lint_warn=lint_warn,
         )
+
+
+def upstream_lints(report: TestReport) -> list[str]:
+    """The clippy lints that alone failed the fork as published (none if anything else failed
+    clippy, or the build did)."""
+    stages = {stage.stage: stage for stage in report.stages}
+    clippy, build = stages.get("clippy"), stages.get("build")
+    if clippy is None or build is None or build.status != "passed" or clippy.status != "failed":
+        return []
+    errors = [d for d in clippy.diagnostics if d.level == "error"]
+    codes = [d.code or "" for d in errors]
+    if not errors or not all(code.startswith("clippy::") for code in codes):
+        return []
+    return sorted(set(codes))
 
 
 @dataclass
 class CodeLoop:
-    """Runs the edit-test loop for one candidate."""
+    """Runs the edit-test loop for one candidate (made once per candidate, and reused)."""
 
     model: Model
     forker: Forker
@@ -108,6 +149,8 @@ class CodeLoop:
     transcript: Transcript
     max_attempts: int = 4
     on_attempt: Callable[[AttemptOutcome], None] | None = None
+    history: list[AttemptRecord] = field(default_factory=list)
+    lint_warn: list[str] = field(default_factory=list)
 
     def _tell(self, outcome: AttemptOutcome) -> None:
         if self.on_attempt is not None:
@@ -126,10 +169,17 @@ class CodeLoop:
         root = Path(workspace.path)
         package = root / Path(workspace.manifest_path).parent  # a workspace member, or the root
         bound = log.bind(candidate=workspace.candidate_id)
-        bin_name = acceptance.choose_binary(spec, workspace.bin_names, workspace.crate_name)
+        self._remember(workspace)
+        crate, bin_name = self._binary(package, spec, workspace)
         self._install_acceptance(package, spec, bin_name)
-        self.forker.commit(workspace, f"flakebot: acceptance cases of {spec.name}")
+        baseline = first_attempt == 1 and not self.history and not self.lint_warn
         report = await self._test(workspace, attempt=first_attempt - 1)
+        if baseline and upstream_lints(report):
+            self.lint_warn = upstream_lints(report)
+            bound.info("upstream_lints_recorded", lints=self.lint_warn)
+            report = await self._test(workspace, attempt=first_attempt - 1)
+        lints = f"\n\n{UPSTREAM_LINTS}{', '.join(self.lint_warn)}" if self.lint_warn else ""
+        self.forker.commit(workspace, f"flakebot: acceptance cases of {spec.name}{lints}")
         self._tell(AttemptOutcome(first_attempt - 1, "the fork as it is", report, []))
         if report.green and evidence is None:
             bound.info("candidate_green", attempts=0, note="passed before any edit")
@@ -144,13 +194,16 @@ class CodeLoop:
         while attempt < last_attempt:
             attempt += 1
             try:
-                proposal = await self._propose(workspace, spec, bin_name, report, feedback, attempt)
+                proposal = await self._propose(
+                    workspace, spec, crate, bin_name, report, feedback, attempt
+                )
             except BudgetExceeded as exc:
                 ended_by, detail = exc.bound, exc.message  # type: ignore[assignment]
                 attempt -= 1
                 break
             except ModelReplyInvalid as exc:
                 feedback = [f"Your last {len(exc.replies)} replies were not valid JSON edits."]
+                self.history.append(AttemptRecord(attempt, "no valid reply", (), exc.message))
                 self._tell(AttemptOutcome(attempt, "no valid reply", None, [exc.message]))
                 continue
             except ModelUnavailable as exc:
@@ -160,16 +213,19 @@ class CodeLoop:
             if problems:
                 bound.warning("edits_rejected", attempt=attempt, problems=problems)
                 feedback = ["Your last edits were not applied:", *problems]
+                outcome = "not applied: " + "; ".join(problems)[:500]
+                self.history.append(AttemptRecord(attempt, proposal.summary, (), outcome))
                 self._tell(AttemptOutcome(attempt, proposal.summary, None, problems))
                 continue
             feedback = []
-            self._install_acceptance(
-                package, spec, bin_name
-            )  # edits may not change the spec's cases
+            crate, bin_name = self._binary(package, spec, workspace)  # as the edits left it
+            self._install_acceptance(package, spec, bin_name)  # edits may not change the cases
             report = await self._test(workspace, attempt=attempt)
-            commit = self.forker.commit(
-                workspace, f"attempt {attempt}: {proposal.summary}\n\n{_outcome(report)}"
+            record = AttemptRecord(
+                attempt, proposal.summary, edits_of(proposal), report_outcome(report)
             )
+            self.history.append(record)
+            commit = self.forker.commit(workspace, commit_message(record))
             report = report.model_copy(update={"commit": commit})
             self._tell(AttemptOutcome(attempt, proposal.summary, report, []))
             if report.green:
@@ -177,6 +233,32 @@ class CodeLoop:
                 return self._result(workspace, report, "green", attempts=attempt)
         bound.info("candidate_failed", attempts=attempt, ended_by=ended_by)
         return self._result(workspace, report, ended_by, attempts=attempt, detail=detail)
+
+    def _remember(self, workspace: Workspace) -> None:
+        """Rebuild the memory of this candidate from the fork's history (a new loop, or a new
+        process, after earlier attempts)."""
+        messages = [attempt.message for attempt in self.forker.attempts(workspace)]
+        if not self.history:
+            self.history = history_from_commits(messages)
+        if not self.lint_warn:
+            for message in messages:
+                for line in message.splitlines():
+                    if line.startswith(UPSTREAM_LINTS):
+                        self.lint_warn = line[len(UPSTREAM_LINTS) :].split(", ")
+
+    def _binary(
+        self, package: Path, spec: ToolSpec, workspace: Workspace
+    ) -> tuple[CrateRecord, str]:
+        try:
+            crate = read_crate(package)
+        except ManifestError:  # the edits broke Cargo.toml: cargo will say how
+            crate = CrateRecord(
+                name=workspace.crate_name, version=workspace.crate_version, path=package
+            )
+        name = acceptance.choose_binary(
+            spec, crate.tool_bins, workspace.crate_name, all_bins=crate.bin_names
+        )
+        return crate, name
 
     def _install_acceptance(self, root: Path, spec: ToolSpec, bin_name: str) -> None:
         has_regex = bool(self.registry.versions("regex"))
@@ -189,22 +271,23 @@ class CodeLoop:
             run_id=workspace.run_id,
             candidate_id=workspace.candidate_id,
             attempt=attempt,
+            lint_warn=self.lint_warn,
         )
 
     async def _propose(
         self,
         workspace: Workspace,
         spec: ToolSpec,
+        crate: CrateRecord,
         bin_name: str,
         report: TestReport,
         feedback: list[str],
         attempt: int,
     ) -> EditProposal:
+        text = coder_prompt(workspace, spec, crate, bin_name, report, feedback, self.history)
         messages = [
             ChatMessage(role="system", content=prompt("coder")),
-            ChatMessage(
-                role="user", content=coder_prompt(workspace, spec, bin_name, report, feedback)
-            ),
+            ChatMessage(role="user", content=text),
         ]
         draft = await ask(
             self.model,
@@ -246,87 +329,3 @@ class CodeLoop:
             last_report=report,
             detail=detail,
         )
-
-
-def _outcome(report: TestReport) -> str:
-    stages = ", ".join(f"{stage.stage} {stage.status}" for stage in report.stages)
-    failed = len(report.failed_tests)
-    return f"tests: {'green' if report.green else 'red'} ({stages}; {failed} failing tests)"
-
-
-def report_summary(report: TestReport) -> str:
-    """The last TestReport as the model reads it: what failed, where, and the output."""
-    lines = [f"Result of attempt {report.attempt}: {'GREEN' if report.green else 'RED'}."]
-    for stage in report.stages:
-        lines.append(f"- {stage.stage}: {stage.status} ({stage.duration_s:.1f} s)")
-    errors = report.errors[:10]
-    if errors:
-        lines.append("\nCompiler errors:")
-        lines += [(error.rendered or error.message).strip()[:3_000] for error in errors]
-    failed = report.failed_tests[:10]
-    if failed:
-        lines.append("\nFailing tests:")
-        for test in failed:
-            lines.append(f"--- {test.name}\n{test.output.strip()[:2_000]}")
-    for stage in report.stages:
-        if stage.status in ("timed_out", "error"):
-            lines.append(f"\n{stage.stage} log:\n{stage.log_tail[-2_000:]}")
-    return "\n".join(lines)
-
-
-def coder_prompt(
-    workspace: Workspace, spec: ToolSpec, bin_name: str, report: TestReport, feedback: list[str]
-) -> str:
-    root = Path(workspace.path)
-    spec_yaml = yaml.safe_dump(
-        spec.model_dump(mode="json", exclude={"kind", "run_id", "protocol_version"}),
-        sort_keys=False,
-    )
-    sections = [
-        f"# The tool spec\n{spec_yaml}",
-        f"# The fork\n{workspace.crate_name} {workspace.crate_version}; the acceptance cases run "
-        f"the binary `{bin_name}`.\nFiles:\n" + "\n".join(_tree(root)),
-        "# Relevant sources\n" + _sources(root, report, bin_name),
-        "# Last test report\n" + report_summary(report),
-    ]
-    if feedback:
-        sections.append("# Problems with your previous reply\n" + "\n".join(feedback))
-    return "\n\n".join(sections)
-
-
-def _tree(root: Path) -> list[str]:
-    entries = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if relative.parts[0] in (".git", "target") or path.is_symlink() or not path.is_file():
-            continue
-        entries.append(str(relative))
-        if len(entries) >= TREE_ENTRIES:
-            entries.append("...")
-            break
-    return entries
-
-
-def _sources(root: Path, report: TestReport, bin_name: str) -> str:
-    wanted = ["Cargo.toml", "src/main.rs", f"src/bin/{bin_name}.rs", f"src/bin/{bin_name}/main.rs"]
-    wanted += [error.file for error in report.errors if error.file]
-    for test in report.failed_tests:
-        for token in test.output.split():
-            if token.startswith("src/") and ".rs:" in token:
-                wanted.append(token.split(":", 1)[0])
-    wanted.append("src/lib.rs")
-    shown: list[str] = []
-    total = 0
-    for relative in dict.fromkeys(wanted):
-        try:
-            text = fork_files.read_text(root, relative, limit=SOURCE_CHARS * 8)
-        except UnsafePath:
-            continue  # a symlink or a special file: nothing of the host reaches the model
-        if text is None:
-            continue
-        text = text[:SOURCE_CHARS]
-        if total + len(text) > TOTAL_SOURCE_CHARS:
-            break
-        total += len(text)
-        shown.append(f"## {relative}\n```\n{text}\n```")
-    return "\n\n".join(shown)

@@ -13,7 +13,7 @@ import traceback
 
 from flakebot.errors import FlakebotError
 from flakebot.redact import redact
-from messages import CandidateResult, StepFailed
+from messages import CandidateResult, StepFailed, TestReport
 from messages.base import Step
 
 REASON_CHARS = 4_000
@@ -54,6 +54,24 @@ def step_failed(
     )
 
 
+def report_outcome(report: TestReport) -> str:
+    """How a test report came out, in one line: green, or what failed first."""
+    if report.green:
+        return "green"
+    stages = ", ".join(f"{s.stage} {s.status}" for s in report.stages if s.status != "passed")
+    if report.errors:
+        first = report.errors[0]
+        where = f" at {first.file}:{first.line}" if first.file else ""
+        code = f"{first.code} " if first.code else ""
+        return f"red ({stages}): {len(report.errors)} errors, first {code}{first.message}{where}"
+    failed = report.failed_tests
+    if failed:
+        names = ", ".join(test.name.rsplit("::", 1)[-1] for test in failed[:4])
+        more = f" and {len(failed) - 4} more" if len(failed) > 4 else ""
+        return f"red ({stages}): {len(failed)} failing tests: {names}{more}"
+    return f"red ({stages})"
+
+
 def result_reason(result: CandidateResult | StepFailed) -> str:
     """Why a candidate did not go green, in one line: its bound and what its last test showed."""
     if isinstance(result, StepFailed):
@@ -61,21 +79,6 @@ def result_reason(result: CandidateResult | StepFailed) -> str:
     why = f"ended by {result.ended_by} after {result.attempts} attempts"
     if result.detail:
         why += f" ({result.detail.strip().splitlines()[0]})"
-    report = result.last_report
-    if report is None:
+    if result.last_report is None:
         return why
-    errors = report.errors
-    if errors:
-        first = errors[0]
-        where = f" at {first.file}:{first.line}" if first.file else ""
-        code = f"{first.code} " if first.code else ""
-        return f"{why}: {len(errors)} compiler errors, first {code}{first.message}{where}"
-    failed = report.failed_tests
-    if failed:
-        names = ", ".join(test.name.rsplit("::", 1)[-1] for test in failed[:3])
-        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        return f"{why}: {len(failed)} failing tests ({names}{more})"
-    stages = [
-        f"{stage.stage} {stage.status}" for stage in report.stages if stage.status != "passed"
-    ]
-    return f"{why}: {', '.join(stages)}" if stages else why
+    return f"{why}: {report_outcome(result.last_report)}"

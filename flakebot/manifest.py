@@ -18,6 +18,7 @@ from flakebot.errors import CommandTimedOut, ConfigError
 from flakebot.home import run_dir, write_private
 from flakebot.tool_sandbox import ToolSandbox
 from messages import (
+    ChangedFile,
     CrateCandidate,
     Deployment,
     Provenance,
@@ -110,6 +111,7 @@ def build_manifest(
     sandbox: ToolSandbox,
     toolchain: str,
     run_command: list[str],
+    changes: list[ChangedFile] | None = None,
 ) -> ToolManifest:
     """The manifest of a deployment; provenance from the run's record of the crate, not the fork."""
     cli = spec.tool_kind == "cli"
@@ -135,6 +137,7 @@ def build_manifest(
             fork_commit=deployment.commit,
             toolchain=toolchain,
             nar_hash=deployment.nar_hash,
+            changes=changes or [],
         ),
         cleanup_command=["flakebot", "clean", deployment.run_id],
     )
@@ -180,6 +183,14 @@ def to_markdown(manifest: ToolManifest) -> str:
         f"- fork commit: {provenance.fork_commit}",
         f"- toolchain: {provenance.toolchain}",
         f"- store path: {manifest.store_path} ({provenance.nar_hash})",
+    ]
+    if provenance.changes:
+        lines += ["", "## Changes from the published crate", ""]
+        lines += [
+            f"- {change.status} `{change.path}` (+{change.insertions} -{change.deletions})"
+            for change in provenance.changes
+        ]
+    lines += [
         "",
         "## Clean up",
         "",

@@ -14,6 +14,7 @@ import structlog
 
 from flakebot import manifest as manifests
 from flakebot.acceptance import choose_binary
+from flakebot.cargo_toml import read_crate
 from flakebot.coder import CodeLoop, TestRunner
 from flakebot.crate_index import CrateIndex, index_path
 from flakebot.deployer import Deployer
@@ -83,7 +84,8 @@ class ScoutRole:
 
 
 class DeveloperRole:
-    """Forks one candidate and runs its edit-test loop; keeps the fork for revisions."""
+    """Forks one candidate and runs its edit-test loop; keeps the fork, and the loop (its model,
+    registry index and memory), for revisions until the candidate ends."""
 
     def __init__(
         self,
@@ -99,8 +101,20 @@ class DeveloperRole:
         self.tester = tester
         self.budget = budget or Budget()
         self.max_attempts = max_attempts
+        self._loops: dict[str, CodeLoop] = {}
 
     def _loop(self, workspace: Workspace) -> CodeLoop:
+        known = self._loops.get(workspace.candidate_id)
+        if known is None:
+            known = self._loops[workspace.candidate_id] = self._new_loop(workspace)
+        return known
+
+    def close(self) -> None:
+        for loop in self._loops.values():
+            loop.registry.close()
+        self._loops.clear()
+
+    def _new_loop(self, workspace: Workspace) -> CodeLoop:
         directory = Path(workspace.registry.location)
         sandbox = Sandbox.for_registry(Toolchain.find(), directory)
         model = _model(self.settings, self.model_ref) or NoModel()
@@ -157,6 +171,13 @@ class DeveloperRole:
         return result
 
 
+def deployed_binary(workspace: Workspace, spec: ToolSpec) -> str:
+    """The binary to deploy: read from the fork as the edits left it (a library crate's coder
+    added it), chosen as the acceptance cases chose it."""
+    crate = read_crate(Path(workspace.path) / Path(workspace.manifest_path).parent)
+    return choose_binary(spec, crate.tool_bins, workspace.crate_name, all_bins=crate.bin_names)
+
+
 class DeployerRole:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -166,7 +187,7 @@ class DeployerRole:
     def deploy(self, workspace: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
         forker = Forker(self.settings, Sandbox(self.toolchain))
         try:
-            bin_name = choose_binary(spec, workspace.bin_names, workspace.crate_name)
+            bin_name = deployed_binary(workspace, spec)
             return self.deployer.deploy(workspace, spec, forker, bin_name=bin_name)
         except DeployError as exc:
             return step_failed(
@@ -195,6 +216,9 @@ class DeployerRole:
             toolchain=self.toolchain.version(),
             run_command=self.deployer.nix.run_argv(
                 f"{deployment.flake_ref}#default", self.deployer.flake_args(registry)
+            ),
+            changes=Forker(self.settings, Sandbox(self.toolchain)).changes(
+                workspace, deployment.commit
             ),
         )
         manifests.save(self.settings.home, manifest)

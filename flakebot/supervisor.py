@@ -11,8 +11,10 @@ each is an event saying why. Every message goes through the recorder before the 
 No run hangs and nothing leaks. Every role call has its step's deadline, a candidate has the code
 step's deadline from fork to its last test, and the run has its own. While a step waits, a
 `progress_reported` event says for what, at least every `heartbeat_s`. A candidate ends the
-moment it is decided, however it ends (green, red, crashed, timed out, cancelled): its roles are
-ended (`end_candidate` frees what they hold, a node's cargo slot included) and its files cleaned.
+moment it is decided, however it ends (red, crashed, timed out, cancelled, superseded): its roles
+are ended (`end_candidate` frees what they hold, a node's cargo slot included) and its files
+cleaned. The winner keeps its coder (its model, index and memory) until it is deployed, for a
+revision if the deploy fails; then it is ended too.
 Whatever makes the run fail, a role's error, a crash or the deadline, becomes one `step_failed`
 message (flakebot.failures) that is recorded, every live candidate is ended, the run is cleaned,
 and the caller gets RunFailed with that message and the journal's path.
@@ -196,6 +198,7 @@ class Supervisor:
                 )
                 continue
             deployment, backtracks = await self._deploy(winner, spec, backtracks)
+            await self._end(winner.candidate.candidate_id)  # its coder was kept for revisions
             manifest = await self._call(
                 "instruct",
                 "the tool's manifest",
@@ -313,7 +316,6 @@ class Supervisor:
                 for task in done:
                     candidate = running.pop(task)
                     workspace, outcome = task.result()
-                    await self._end(candidate.candidate_id)
                     if workspace is not None:
                         events.record(workspace)
                     events.record(outcome)
@@ -325,6 +327,7 @@ class Supervisor:
                         events.event("code", name, detail, candidate_id=candidate.candidate_id)
                         winners.append(Winner(candidate, workspace, outcome))
                     else:
+                        await self._end(candidate.candidate_id)
                         events.event(
                             "code",
                             "candidate_failed",
@@ -346,6 +349,7 @@ class Supervisor:
         best = max(winners, key=lambda winner: winner.candidate.score)
         for other in winners:
             if other is not best:
+                await self._end(other.candidate.candidate_id)
                 await self._clean(other.candidate.candidate_id, "superseded")
         return best
 
@@ -400,19 +404,15 @@ class Supervisor:
             backtracks = self._backtrack(
                 backtracks, "code", "the deploy failed; back to the coder with the Nix log"
             )
-            self._live.add(candidate_id)
-            try:
-                revised = await self._call(
-                    "code",
-                    f"the coder of {candidate_id} to fix the deploy",
-                    self.roles.revise,
-                    winner.workspace,
-                    spec,
-                    outcome.evidence or outcome.reason,
-                    winner.result.attempts,
-                )
-            finally:
-                await self._end(candidate_id)
+            revised = await self._call(
+                "code",
+                f"the coder of {candidate_id} to fix the deploy",
+                self.roles.revise,
+                winner.workspace,
+                spec,
+                outcome.evidence or outcome.reason,
+                winner.result.attempts,
+            )
             self.recorder.record(revised)
             if isinstance(revised, StepFailed) or revised.status != "green":
                 raise self._failed(

@@ -33,6 +33,7 @@ import pygit2
 import structlog
 
 from flakebot import fork_files
+from flakebot.acceptance import TEST_PATH
 from flakebot.bundle import read_bundle, write_bundle
 from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.errors import ForkError, ManifestError
@@ -40,13 +41,15 @@ from flakebot.pruning import prune_dev_dependency, unresolved_dependency
 from flakebot.runstate import ForkRecord, RunRecord
 from flakebot.sandbox import Sandbox
 from flakebot.settings import DEBIAN_REGISTRY, Settings
-from messages import CrateCandidate, PrunedItem, RegistryRef, ScoreParts, Workspace
+from messages import ChangedFile, CrateCandidate, PrunedItem, RegistryRef, ScoreParts, Workspace
 
 log = structlog.get_logger()
 
 AUTHOR = pygit2.Signature("Flakebot", "flakebot@localhost")
 IGNORED_FROM_REGISTRY = shutil.ignore_patterns(".cargo-checksum.json", ".git", "target")
 LOCK_TIMEOUT_S = 300.0
+SETUP_PREFIX = "flakebot: build offline against "
+FLAKEBOT_FILES = {".cargo/config.toml", "Cargo.lock", "flake.nix", TEST_PATH}
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ class Forker:
             upstream_url=candidate.repository if origin == "upstream-clone" else None,
             registry=candidate.registry,
             target_dir=str(self.target_dir(candidate.name, candidate.version)),
-            bin_names=list(read_crate(package).bin_names),
+            bin_names=list(read_crate(package).tool_bins),
             manifest_path=str((package / "Cargo.toml").relative_to(path)),
             pruned=pruned,
         )
@@ -278,7 +281,7 @@ class Forker:
         body = "\n".join(f"pruned: {item.what} {item.name}: {item.reason}" for item in pruned)
         _commit_all(
             repo,
-            f"flakebot: build offline against {registry} ({summary})\n\n{body}".rstrip(),
+            f"{SETUP_PREFIX}{registry} ({summary})\n\n{body}".rstrip(),
             force=["Cargo.lock", ".cargo/config.toml"],
         )
         return pruned
@@ -317,6 +320,35 @@ class Forker:
         destination.mkdir(parents=True)
         _export_tree(repo, commit.tree, destination, "")
         return str(commit.id)
+
+    def changes(self, workspace: Workspace, commit: str) -> list[ChangedFile]:
+        """What `commit` changed against the crate as published (the commit the fork's set-up
+        started from), Flakebot's own files left out."""
+        repo = pygit2.Repository(workspace.path)
+        head = repo.revparse_single(commit).peel(pygit2.Commit)
+        base = None
+        for each in repo.walk(head.id, pygit2.enums.SortMode.TOPOLOGICAL):
+            if each.message.startswith(SETUP_PREFIX) and each.parents:
+                base = each.parents[0]
+        if base is None:
+            return []
+        diff = repo.diff(base, head)
+        diff.find_similar()
+        statuses = {"A": "added", "D": "deleted", "M": "modified", "R": "renamed"}
+        found = []
+        for patch in diff:
+            if patch is None:
+                continue
+            delta = patch.delta
+            path = delta.new_file.path or delta.old_file.path
+            status = statuses.get(delta.status_char())
+            if status is None or path in FLAKEBOT_FILES or path.endswith("/" + TEST_PATH):
+                continue
+            _, insertions, deletions = patch.line_stats
+            found.append(
+                ChangedFile(path=path, status=status, insertions=insertions, deletions=deletions)
+            )
+        return found
 
     def export_bundle(self, workspace: Workspace, path: Path) -> Path:
         """Write the fork's branch, with its whole history, as a git bundle at `path`."""

@@ -27,6 +27,7 @@ from messages.coding import (
 )
 from messages.crates import CrateCandidate, CrateQuery, PrunedItem, ScoreParts, Workspace
 from messages.deploy import (
+    ChangedFile,
     CleanupFailure,
     CleanupReport,
     CleanupRequest,
@@ -104,6 +105,7 @@ __all__ = [
     "AcceptanceCase",
     "AnyMessage",
     "CandidateResult",
+    "ChangedFile",
     "CleanupFailure",
     "CleanupReport",
     "CleanupRequest",

@@ -60,8 +60,17 @@ class WorkedExample(Part):
     exit_code: int
 
 
+class ChangedFile(Part):
+    """A file the fork changed against the crate as it was published."""
+
+    path: RelativePath
+    status: Literal["added", "deleted", "modified", "renamed"]
+    insertions: int = Field(default=0, ge=0)
+    deletions: int = Field(default=0, ge=0)
+
+
 class Provenance(Part):
-    """Where the tool came from, precisely enough to rebuild it."""
+    """Where the tool came from, precisely enough to rebuild it, and what was changed."""
 
     crate_name: CrateName
     crate_version: CrateVersion
@@ -71,6 +80,12 @@ class Provenance(Part):
     fork_commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
     toolchain: str = Field(description="rustc --version of the toolchain that built it.")
     nar_hash: str
+    changes: list[ChangedFile] = Field(
+        default_factory=list,
+        description="What the fork added, removed or changed against the published crate "
+        "(Flakebot's own files left out: its registry config, the lock, the flake, the "
+        "acceptance test).",
+    )
 
 
 class ToolManifest(Message):

@@ -113,8 +113,12 @@ def test_planted_error_through_a_wrong_fix_to_green(
 
     history = [attempt.message for attempt in forker.attempts(workspace)]
     assert history[-3].startswith("flakebot: acceptance cases of hexview")
-    assert history[-2].startswith("attempt 1: use a number") and "tests: red" in history[-2]
-    assert history[-1].startswith("attempt 2: drop the constant") and "tests: green" in history[-1]
+    assert history[-2].startswith("attempt 1: use a number") and "outcome: red" in history[-2]
+    assert (
+        "E0308 mismatched types" in history[-2] and "edits: replace src/squeezer.rs" in history[-2]
+    )
+    assert history[-1].startswith("attempt 2: drop the constant")
+    assert "outcome: green" in history[-1]
     assert result.head_commit == str(pygit2.Repository(workspace.path).head.target)
     assert PLANTED.split("=")[0] not in (Path(workspace.path) / "src" / "squeezer.rs").read_text()
 

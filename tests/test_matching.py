@@ -20,13 +20,18 @@ def test_output_checks_match_as_named() -> None:
     assert not output_matches(OutputCheck(match="regex", value=r"^46"), "00 46")
 
 
+def test_rust_syntax_python_lacks_is_accepted() -> None:
+    assert pattern_matches(r"\A[^\x1b]*\z", "plain")  # \z: the end of the text, in Rust and RE2
+    assert not pattern_matches(r"\A[^\x1b]*\z", "\x1b[31mred")
+
+
 def test_a_pattern_that_backtracks_exponentially_in_python_is_answered_by_re2() -> None:
     # Python's re needs about 2**40 steps for this; RE2 is linear in the input.
     assert not pattern_matches(r"^(a+)+$", "a" * 40 + "b")
     assert pattern_matches(r"^(a+)+$", "a" * 40)
 
 
-@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?=a)b", r"(?<!a)b"])
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?=a)b", r"(?<!a)b", "(unclosed"])
 def test_patterns_rust_cannot_run_are_refused_with_the_reason(pattern: str) -> None:
     spec = ToolSpec(
         run_id="r",

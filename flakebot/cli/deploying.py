@@ -10,12 +10,11 @@ import typer
 from rich.markup import escape
 
 from flakebot import manifest as manifests
-from flakebot.acceptance import choose_binary
 from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.cli import JsonFlag, app, load_settings, out, print_json
 from flakebot.errors import ConfigError
 from flakebot.janitor import Janitor
-from flakebot.roles import DeployerRole
+from flakebot.roles import DeployerRole, deployed_binary
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.specs import load_spec
@@ -40,7 +39,7 @@ def deploy(
         else _spec_from_crate(workspace.path, workspace.run_id)
     )
     role = DeployerRole(settings)
-    bin_name = choose_binary(tool_spec, workspace.bin_names, workspace.crate_name)
+    bin_name = deployed_binary(workspace, tool_spec)
     deployment = role.deployer.deploy(workspace, tool_spec, forker, bin_name=bin_name)
     manifest = role.instruct(workspace, tool_spec, deployment)
     saved = settings.home / "runs" / workspace.run_id / "manifest.json"

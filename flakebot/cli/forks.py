@@ -123,8 +123,10 @@ def test_command(
     RunRecord(settings.home, run_id).add("target_dir", target_dir, candidate_id=candidate_id)
     if spec is not None:
         tool_spec = load_spec(spec, run_id)
-        bin_names = list(read_crate(package).bin_names)
-        bin_name = acceptance.choose_binary(tool_spec, bin_names, name)
+        crate = read_crate(package)
+        bin_name = acceptance.choose_binary(
+            tool_spec, crate.tool_bins, name, all_bins=crate.bin_names
+        )
         has_regex = any(registry.glob("regex-1.*/Cargo.toml"))
         acceptance.install(package, tool_spec, bin_name, registry_has_regex=has_regex)
     commit = _head(root)
