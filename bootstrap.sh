@@ -7,12 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 
-# Debian packages: Nix, bubblewrap, and crate sources (they land in /usr/share/cargo/registry).
+# Debian packages: Nix, bubblewrap, and crate sources (they land in /usr/share/cargo/registry): the
+# demo's (hexyl), the second example's (sha2), and the binary and library crates the tests use.
 APT_PACKAGES=(
   nix-bin bubblewrap git ca-certificates
   librust-hexyl-dev librust-bat-dev
   librust-clap-dev librust-sha2-dev librust-csv-dev librust-base64-dev
   librust-regex-dev librust-serde-json-dev librust-anyhow-dev
+  librust-crc32fast-dev librust-semver-dev librust-unicode-normalization-dev
 )
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
