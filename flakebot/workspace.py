@@ -235,8 +235,13 @@ class Forker:
 
     def _make_offline(self, candidate: CrateCandidate, path: Path) -> list[PrunedItem]:
         registry = Path(candidate.registry.location).resolve()
-        if fork_files.kind(path, ".cargo") not in (None, "dir"):
-            fork_files.remove(path, ".cargo")  # a crate's own symlink or file there: not followed
+        # The crate's own cargo configuration (an upstream repository may carry one: aliases,
+        # runners, rustflags, other sources) is replaced by Flakebot's, whole: never followed.
+        existing = fork_files.kind(path, ".cargo")
+        if existing == "dir":
+            shutil.rmtree(path / ".cargo")  # rmtree does not follow symlinks inside
+        elif existing is not None:
+            fork_files.remove(path, ".cargo")
         fork_files.write_text(
             path,
             ".cargo/config.toml",

@@ -139,3 +139,37 @@ def test_missing_normal_dependency_cannot_be_pruned(forker: Forker, tmp_path: Pa
         confined.fork(candidate)
     assert caught.value.hint is not None and "librust-ghost-dev" in caught.value.hint
     assert not Path(confined.workspace_path("r1", "c1-needy")).exists()
+
+
+def test_a_crates_own_cargo_config_is_replaced_whole(forker: Forker, tmp_path: Path) -> None:
+    files = {
+        "src/main.rs": "fn main() {}\n",
+        ".cargo/config": '[target.x86_64-unknown-linux-gnu]\nrunner = "touch /tmp/pwned"\n',
+        ".cargo/config.toml": '[source.crates-io]\nreplace-with = "elsewhere"\n',
+    }
+    upstream = make_crate(tmp_path / "upstream-src", "cfgd", "0.1.0", files=files)
+    repo = pygit2.init_repository(str(upstream), initial_head="main")
+    repo.index.add_all()
+    repo.index.write()
+    author = pygit2.Signature("Upstream", "up@example.org")
+    commit = repo.create_commit("HEAD", author, author, "0.1.0", repo.index.write_tree(), [])
+    repo.create_tag("v0.1.0", commit, pygit2.enums.ObjectType.COMMIT, author, "0.1.0")
+    registry = tmp_path / "registry"
+    make_crate(registry, "cfgd", "0.1.0", files={"src/main.rs": "fn main() {}\n"})
+    candidate = CrateCandidate(
+        run_id="r1",
+        candidate_id="c1-cfgd",
+        name="cfgd",
+        version="0.1.0",
+        registry=RegistryRef(source="local", location=str(registry)),
+        repository=f"file://{upstream}",
+        score=1.0,
+        score_parts=ScoreParts(relevance=1.0),
+    )
+    confined = Forker(forker.settings, Sandbox(forker.sandbox.toolchain, read_only=(registry,)))
+    workspace = confined.fork(candidate)
+    assert workspace.origin == "upstream-clone"
+    cargo = Path(workspace.path) / ".cargo"
+    assert sorted(entry.name for entry in cargo.iterdir()) == ["config.toml"]
+    config = (cargo / "config.toml").read_text()
+    assert "Written by flakebot" in config and str(registry) in config and "runner" not in config
