@@ -109,11 +109,6 @@ class DeveloperRole:
             known = self._loops[workspace.candidate_id] = self._new_loop(workspace)
         return known
 
-    def close(self) -> None:
-        for loop in self._loops.values():
-            loop.registry.close()
-        self._loops.clear()
-
     def _new_loop(self, workspace: Workspace) -> CodeLoop:
         directory = Path(workspace.registry.location)
         sandbox = Sandbox.for_registry(Toolchain.find(), directory)
