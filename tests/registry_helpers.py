@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pygit2
+
 DEBIAN_REGISTRY = Path("/usr/share/cargo/registry")
 
 
@@ -41,3 +43,15 @@ def make_crate(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return directory
+
+
+def tag_upstream(directory: Path, version: str) -> str:
+    """Make `directory` a git repository with one commit of everything, tagged `v<version>` as
+    an upstream release would be; returns the commit."""
+    repo = pygit2.init_repository(str(directory), initial_head="main")
+    repo.index.add_all()
+    repo.index.write()
+    author = pygit2.Signature("Upstream", "up@example.org")
+    commit = repo.create_commit("HEAD", author, author, version, repo.index.write_tree(), [])
+    repo.create_tag(f"v{version}", commit, pygit2.enums.ObjectType.COMMIT, author, version)
+    return str(commit)

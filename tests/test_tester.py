@@ -18,7 +18,7 @@ from flakebot.tester import Tester
 from flakebot.workspace import Forker
 from messages import AcceptanceCase, OutputCheck, RegistryRef, ToolSpec
 from tests.conftest import Cli, candidate
-from tests.registry_helpers import make_crate
+from tests.registry_helpers import make_crate, tag_upstream
 
 pytestmark = pytest.mark.slow
 
@@ -245,7 +245,6 @@ def test_a_virtual_workspace_member_forks_tests_and_deploys(
     tmp_path: Path, shared_settings: Settings, sandbox: Sandbox
 ) -> None:
     """An upstream repository whose root Cargo.toml is a virtual manifest; the crate is a member."""
-    import pygit2
 
     from flakebot.deployer import Deployer
     from flakebot.janitor import Janitor
@@ -273,12 +272,7 @@ def test_a_virtual_workspace_member_forks_tests_and_deploys(
     (upstream / "crates" / "tiny-0.3.0").rename(upstream / "crates" / "tiny")
     for checksum in upstream.rglob(".cargo-checksum.json"):
         checksum.unlink()
-    repo = pygit2.init_repository(str(upstream), initial_head="main")
-    repo.index.add_all()
-    repo.index.write()
-    author = pygit2.Signature("Upstream", "up@example.org")
-    commit = repo.create_commit("HEAD", author, author, "0.3.0", repo.index.write_tree(), [])
-    repo.create_tag("v0.3.0", commit, pygit2.enums.ObjectType.COMMIT, author, "0.3.0")
+    tag_upstream(upstream, "0.3.0")
     registry = tmp_path / "registry"
     make_crate(registry, "tiny", "0.3.0", files={"src/main.rs": "fn main() {}\n"})
     local = RegistryRef(source="local", location=str(registry))

@@ -13,7 +13,7 @@ from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
 from flakebot.workspace import Forker
 from messages import CrateCandidate, RegistryRef, ScoreParts
-from tests.registry_helpers import DEBIAN_REGISTRY, make_crate
+from tests.registry_helpers import DEBIAN_REGISTRY, make_crate, tag_upstream
 
 DEBIAN = RegistryRef(source="local", location=str(DEBIAN_REGISTRY))
 
@@ -95,14 +95,7 @@ def test_upstream_clone_from_a_file_url(forker: Forker, tmp_path: Path) -> None:
     upstream = make_crate(
         tmp_path / "upstream-src", "tiny", "0.2.0", files={"src/main.rs": "fn main() {}\n"}
     )
-    repo = pygit2.init_repository(str(upstream), initial_head="main")
-    repo.index.add_all()
-    repo.index.write()
-    author = pygit2.Signature("Upstream", "up@example.org")
-    commit = repo.create_commit(
-        "HEAD", author, author, "release 0.2.0", repo.index.write_tree(), []
-    )
-    repo.create_tag("v0.2.0", commit, pygit2.enums.ObjectType.COMMIT, author, "0.2.0")
+    commit = tag_upstream(upstream, "0.2.0")
     registry = tmp_path / "registry"
     make_crate(registry, "tiny", "0.2.0", files={"src/main.rs": "fn main() {}\n"})
     candidate = CrateCandidate(
@@ -119,7 +112,7 @@ def test_upstream_clone_from_a_file_url(forker: Forker, tmp_path: Path) -> None:
     workspace = confined.fork(candidate)
     assert workspace.origin == "upstream-clone" and workspace.upstream_url == f"file://{upstream}"
     history = confined.attempts(workspace)
-    assert history[0].commit == str(commit) and history[-1].message.startswith("flakebot:")
+    assert history[0].commit == commit and history[-1].message.startswith("flakebot:")
 
 
 def test_missing_normal_dependency_cannot_be_pruned(forker: Forker, tmp_path: Path) -> None:
@@ -148,12 +141,7 @@ def test_a_crates_own_cargo_config_is_replaced_whole(forker: Forker, tmp_path: P
         ".cargo/config.toml": '[source.crates-io]\nreplace-with = "elsewhere"\n',
     }
     upstream = make_crate(tmp_path / "upstream-src", "cfgd", "0.1.0", files=files)
-    repo = pygit2.init_repository(str(upstream), initial_head="main")
-    repo.index.add_all()
-    repo.index.write()
-    author = pygit2.Signature("Upstream", "up@example.org")
-    commit = repo.create_commit("HEAD", author, author, "0.1.0", repo.index.write_tree(), [])
-    repo.create_tag("v0.1.0", commit, pygit2.enums.ObjectType.COMMIT, author, "0.1.0")
+    tag_upstream(upstream, "0.1.0")
     registry = tmp_path / "registry"
     make_crate(registry, "cfgd", "0.1.0", files={"src/main.rs": "fn main() {}\n"})
     candidate = CrateCandidate(
