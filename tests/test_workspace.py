@@ -12,7 +12,8 @@ from flakebot.errors import ForkError
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
 from flakebot.workspace import Forker
-from messages import CrateCandidate, RegistryRef, ScoreParts
+from messages import CrateCandidate, RegistryRef, ScoreParts, Workspace
+from tests.conftest import candidate
 from tests.registry_helpers import DEBIAN_REGISTRY, make_crate, tag_upstream
 
 DEBIAN = RegistryRef(source="local", location=str(DEBIAN_REGISTRY))
@@ -91,25 +92,27 @@ def test_bundle_moves_a_fork_to_another_home(forker: Forker, tmp_path: Path) -> 
         other.import_bundle(target, bundle)
 
 
-def test_upstream_clone_from_a_file_url(forker: Forker, tmp_path: Path) -> None:
-    upstream = make_crate(
-        tmp_path / "upstream-src", "tiny", "0.2.0", files={"src/main.rs": "fn main() {}\n"}
-    )
-    commit = tag_upstream(upstream, "0.2.0")
+def fork_upstream(
+    forker: Forker, tmp_path: Path, name: str, version: str, files: dict[str, str]
+) -> tuple[Forker, Workspace, str, Path]:
+    """Fork a crate whose repository (`files`, tagged v<version>) is reachable by file:// URL;
+    returns the forker, the fork, the upstream release commit and the upstream directory."""
+    upstream = make_crate(tmp_path / "upstream-src", name, version, files=files)
+    commit = tag_upstream(upstream, version)
     registry = tmp_path / "registry"
-    make_crate(registry, "tiny", "0.2.0", files={"src/main.rs": "fn main() {}\n"})
-    candidate = CrateCandidate(
-        run_id="r1",
-        candidate_id="c1-tiny",
-        name="tiny",
-        version="0.2.0",
-        registry=RegistryRef(source="local", location=str(registry)),
-        repository=f"file://{upstream}",
-        score=1.0,
-        score_parts=ScoreParts(relevance=1.0),
+    make_crate(registry, name, version, files={"src/main.rs": "fn main() {}\n"})
+    local = RegistryRef(source="local", location=str(registry))
+    chosen = candidate(name, version, f"c1-{name}", local).model_copy(
+        update={"run_id": "r1", "repository": f"file://{upstream}"}
     )
     confined = Forker(forker.settings, Sandbox(forker.sandbox.toolchain, read_only=(registry,)))
-    workspace = confined.fork(candidate)
+    return confined, confined.fork(chosen), commit, upstream
+
+
+def test_upstream_clone_from_a_file_url(forker: Forker, tmp_path: Path) -> None:
+    confined, workspace, commit, upstream = fork_upstream(
+        forker, tmp_path, "tiny", "0.2.0", {"src/main.rs": "fn main() {}\n"}
+    )
     assert workspace.origin == "upstream-clone" and workspace.upstream_url == f"file://{upstream}"
     history = confined.attempts(workspace)
     assert history[0].commit == commit and history[-1].message.startswith("flakebot:")
@@ -140,24 +143,10 @@ def test_a_crates_own_cargo_config_is_replaced_whole(forker: Forker, tmp_path: P
         ".cargo/config": '[target.x86_64-unknown-linux-gnu]\nrunner = "touch /tmp/pwned"\n',
         ".cargo/config.toml": '[source.crates-io]\nreplace-with = "elsewhere"\n',
     }
-    upstream = make_crate(tmp_path / "upstream-src", "cfgd", "0.1.0", files=files)
-    tag_upstream(upstream, "0.1.0")
-    registry = tmp_path / "registry"
-    make_crate(registry, "cfgd", "0.1.0", files={"src/main.rs": "fn main() {}\n"})
-    candidate = CrateCandidate(
-        run_id="r1",
-        candidate_id="c1-cfgd",
-        name="cfgd",
-        version="0.1.0",
-        registry=RegistryRef(source="local", location=str(registry)),
-        repository=f"file://{upstream}",
-        score=1.0,
-        score_parts=ScoreParts(relevance=1.0),
-    )
-    confined = Forker(forker.settings, Sandbox(forker.sandbox.toolchain, read_only=(registry,)))
-    workspace = confined.fork(candidate)
+    _, workspace, _, _ = fork_upstream(forker, tmp_path, "cfgd", "0.1.0", files)
     assert workspace.origin == "upstream-clone"
     cargo = Path(workspace.path) / ".cargo"
     assert sorted(entry.name for entry in cargo.iterdir()) == ["config.toml"]
     config = (cargo / "config.toml").read_text()
-    assert "Written by flakebot" in config and str(registry) in config and "runner" not in config
+    assert "Written by flakebot" in config and str(tmp_path / "registry") in config
+    assert "runner" not in config
