@@ -18,12 +18,12 @@ from pathlib import Path
 
 from bench._timing import hexyl_candidate, median_seconds, runs
 from flakebot.deployer import Deployer
+from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.logs import configure_logging
 from flakebot.proc import run
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
-from flakebot.workspace import Forker
 from messages import CleanupRequest, ToolSpec
 
 REPEATS = 3

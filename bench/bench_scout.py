@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench._timing import median_seconds
-from flakebot.crate_index import CrateIndex
+from flakebot.crates.index import CrateIndex
 from flakebot.logs import configure_logging
 from flakebot.scout import Scout
 from flakebot.settings import Settings

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 from bench._timing import hexyl_candidate, runs
+from flakebot.fork import Forker
 from flakebot.logs import configure_logging
 from flakebot.proc import run
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
 from flakebot.tester import Tester
-from flakebot.workspace import Forker
 
 REPEATS = 3
 

@@ -27,7 +27,6 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from flakebot import acceptance
-from flakebot.cargo_toml import CrateRecord, read_crate
 from flakebot.coder_prompt import (
     AttemptRecord,
     coder_prompt,
@@ -35,15 +34,16 @@ from flakebot.coder_prompt import (
     edits_of,
     history_from_commits,
 )
-from flakebot.crate_index import CrateIndex
+from flakebot.crates.cargo_toml import CrateRecord, read_crate
+from flakebot.crates.index import CrateIndex
 from flakebot.edits import apply_proposal
 from flakebot.errors import BudgetExceeded, ManifestError, ModelReplyInvalid, ModelUnavailable
 from flakebot.failures import report_outcome
+from flakebot.fork import Forker
 from flakebot.models import CallContext, ChatMessage, Model, Transcript, ask
 from flakebot.models.budget import RunBudget
 from flakebot.planner import prompt
 from flakebot.tester import Tester
-from flakebot.workspace import Forker
 from messages import (
     CandidateResult,
     DependencyChange,

@@ -22,8 +22,8 @@ import yaml
 
 from flakebot import fork_files
 from flakebot.acceptance import binary_note
-from flakebot.cargo_toml import CrateRecord
 from flakebot.crate_api import public_api
+from flakebot.crates.cargo_toml import CrateRecord
 from flakebot.fork_files import UnsafePath
 from messages import EditProposal, TestReport, ToolSpec, Workspace
 

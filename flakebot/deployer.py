@@ -30,13 +30,13 @@ import structlog
 from flakebot import services
 from flakebot.errors import CommandFailed, DeployError
 from flakebot.flake_template import write_flake
+from flakebot.fork import Forker
 from flakebot.matching import output_matches
 from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Toolchain
 from flakebot.service_host import ServiceJob
 from flakebot.settings import Settings
-from flakebot.workspace import Forker
 from messages import Deployment, ServiceInstance, ToolSpec, Workspace
 
 log = structlog.get_logger()

@@ -19,10 +19,10 @@ from tomlkit.items import Table
 
 from flakebot import fork_files
 from flakebot.acceptance import TEST_PATH
-from flakebot.cargo_toml import read_crate
-from flakebot.crate_index import IndexedCrate
+from flakebot.crates.cargo_toml import read_crate
+from flakebot.crates.index import IndexedCrate
+from flakebot.crates.semver import SemverError, Version, VersionReq
 from flakebot.fork_files import UnsafePath
-from flakebot.semver import SemverError, Version, VersionReq
 from messages import DeleteFile, DependencyChange, EditProposal, ReplaceInFile, WriteFile
 
 PROTECTED_DIRS = (".git", ".cargo", "target")

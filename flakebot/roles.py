@@ -14,12 +14,13 @@ import structlog
 
 from flakebot import manifest as manifests
 from flakebot.acceptance import choose_binary
-from flakebot.cargo_toml import read_crate
 from flakebot.coder import CodeLoop, TestRunner
-from flakebot.crate_index import CrateIndex, index_path
+from flakebot.crates.cargo_toml import read_crate
+from flakebot.crates.index import CrateIndex, index_path
 from flakebot.deployer import Deployer
 from flakebot.errors import DeployError, FlakebotError, ForkError
 from flakebot.failures import step_failed
+from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.models import Budget, Model, NoModel, Transcript, load_model
 from flakebot.models.budget import RunBudget
@@ -29,7 +30,6 @@ from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.scout import Scout
 from flakebot.settings import ModelRef, Settings
 from flakebot.tool_sandbox import ToolSandbox
-from flakebot.workspace import Forker
 from messages import (
     CandidateResult,
     CleanupReport,

@@ -24,8 +24,8 @@ from typing import assert_never
 import httpx
 import structlog
 
-from flakebot.crate_index import CrateIndex, IndexedCrate, index_path
-from flakebot.crates_io import CrateDetail, CratesIoClient, CrateSummary, DiskCache
+from flakebot.crates.api import CrateDetail, CratesIoClient, CrateSummary, DiskCache
+from flakebot.crates.index import CrateIndex, IndexedCrate, index_path
 from flakebot.errors import CrateNotFound
 from flakebot.settings import Settings
 from messages import CrateCandidate, CrateQuery, RegistryRef, ScoreParts

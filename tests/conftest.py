@@ -14,10 +14,10 @@ from typing import Protocol
 
 import pytest
 
-from flakebot.crate_index import CrateIndex
+from flakebot.crates.index import CrateIndex
+from flakebot.fork import Forker
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
-from flakebot.workspace import Forker
 from messages import CrateCandidate, RegistryRef, ScoreParts
 
 # No test may reach a real model endpoint; the models refuse while this is set (subprocesses too).

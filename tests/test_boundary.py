@@ -18,9 +18,10 @@ import pytest
 
 from flakebot import acceptance, services
 from flakebot.coder import CodeLoop, LocalTestRunner
-from flakebot.crate_index import CrateIndex
+from flakebot.crates.index import CrateIndex
 from flakebot.deployer import Deployer
 from flakebot.errors import DeployError
+from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.models import Budget, ScriptedModel, Transcript
 from flakebot.models.scripted import Script
@@ -29,7 +30,6 @@ from flakebot.runstate import RunRecord
 from flakebot.sandbox import PASSWD, Sandbox, Toolchain
 from flakebot.settings import Settings
 from flakebot.tester import Tester
-from flakebot.workspace import Forker
 from messages import (
     AcceptanceCase,
     CleanupRequest,

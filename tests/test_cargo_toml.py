@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flakebot.cargo_toml import enabled_optional, read_crate, target_applies
+from flakebot.crates.cargo_toml import enabled_optional, read_crate, target_applies
 from flakebot.errors import ManifestError
 from tests.registry_helpers import DEBIAN_REGISTRY, make_crate
 

@@ -10,13 +10,13 @@ import pygit2
 import pytest
 
 from flakebot.coder import AttemptOutcome, CodeLoop, LocalTestRunner
-from flakebot.crate_index import CrateIndex
+from flakebot.crates.index import CrateIndex
+from flakebot.fork import Forker
 from flakebot.models import Budget, ScriptedModel, Transcript
 from flakebot.models.scripted import Script
 from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
 from flakebot.tester import Tester
-from flakebot.workspace import Forker
 from messages import AcceptanceCase, OutputCheck, ToolSpec, Workspace
 from tests.conftest import Cli, candidate
 

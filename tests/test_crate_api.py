@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from flakebot.cargo_toml import read_crate
 from flakebot.coder_prompt import API_CHARS_TO_WRITE_A_BINARY, coder_prompt
 from flakebot.crate_api import public_api
-from flakebot.workspace import Forker
+from flakebot.crates.cargo_toml import read_crate
+from flakebot.fork import Forker
 from messages import AcceptanceCase, OutputCheck, StageResult, TestReport, ToolSpec
 from tests.conftest import candidate
 from tests.registry_helpers import DEBIAN_REGISTRY, make_crate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flakebot.crate_index import CrateIndex, index_path, query_terms
+from flakebot.crates.index import CrateIndex, index_path, query_terms
 from flakebot.errors import ConfigError
 from tests.registry_helpers import copy_crates, make_crate
 

@@ -18,6 +18,7 @@ from flakebot import manifest as manifests
 from flakebot.deployer import Deployer
 from flakebot.errors import DeployError
 from flakebot.flake_template import render_flake
+from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.nix import Nix
 from flakebot.proc import run
@@ -26,7 +27,6 @@ from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.services import start_time
 from flakebot.settings import Settings
 from flakebot.tool_sandbox import ToolSandbox
-from flakebot.workspace import Forker
 from messages import (
     AcceptanceCase,
     CleanupRequest,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flakebot.crate_index import CrateIndex
+from flakebot.crates.index import CrateIndex
 from flakebot.edits import apply_proposal
 from messages import DeleteFile, DependencyChange, EditProposal, ReplaceInFile, WriteFile
 from tests.registry_helpers import make_crate

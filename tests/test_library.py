@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from flakebot.coder import CodeLoop, LocalTestRunner
-from flakebot.crate_index import CrateIndex
+from flakebot.crates.index import CrateIndex
+from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.models import Budget, ScriptedModel, Transcript
 from flakebot.models.scripted import Script
@@ -23,7 +24,6 @@ from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
 from flakebot.specs import load_spec
 from flakebot.tester import Tester
-from flakebot.workspace import Forker
 from messages import (
     AcceptanceCase,
     CandidateResult,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from flakebot.pruning import prune_dev_dependency, unresolved_dependency
+from flakebot.crates.pruning import prune_dev_dependency, unresolved_dependency
 from tests.registry_helpers import make_crate
 
 MANIFEST = """

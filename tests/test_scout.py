@@ -13,7 +13,7 @@ from flakebot.settings import Settings
 from messages import CrateQuery, RegistryRef, ScoreParts
 from tests.conftest import Cli
 from tests.registry_helpers import copy_crates
-from tests.test_crates_io import Recorder
+from tests.test_crates_api import Recorder
 
 DEBIAN = RegistryRef(source="local", location="/usr/share/cargo/registry")
 

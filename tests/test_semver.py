@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flakebot.semver import SemverError, Version, VersionReq
+from flakebot.crates.semver import SemverError, Version, VersionReq
 
 CASES = [
     # (requirement, version, matches) — from "Specifying Dependencies" in the Cargo book

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from flakebot import acceptance
+from flakebot.fork import Forker
 from flakebot.proc import run
 from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
 from flakebot.tester import Tester
-from flakebot.workspace import Forker
 from messages import AcceptanceCase, OutputCheck, RegistryRef, ToolSpec
 from tests.conftest import Cli, candidate
 from tests.registry_helpers import make_crate, tag_upstream

@@ -12,15 +12,15 @@ from rich.markup import escape
 
 from flakebot.cli import JsonFlag, app, load_settings, out, print_json
 from flakebot.coder import AttemptOutcome, CodeLoop, LocalTestRunner
-from flakebot.crate_index import CrateIndex, index_path
+from flakebot.crates.index import CrateIndex, index_path
 from flakebot.errors import ConfigError
+from flakebot.fork import Forker
 from flakebot.models import Budget, Model, Transcript, load_model
 from flakebot.planner import Planner, looks_like_spec_file
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings, parse_model
 from flakebot.specs import load_spec
 from flakebot.tester import Tester
-from flakebot.workspace import Forker
 from messages import ToolRequest
 
 ModelOption = Annotated[

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
-from flakebot.crate_index import CrateIndex, index_path
+from flakebot.crates.index import CrateIndex, index_path
 from flakebot.errors import ConfigError
 from flakebot.scout import Scout
 from flakebot.settings import parse_registry

@@ -10,15 +10,15 @@ import typer
 from rich.markup import escape
 
 from flakebot import manifest as manifests
-from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.cli import JsonFlag, app, load_settings, out, print_json
+from flakebot.crates.cargo_toml import package_dir, read_crate
 from flakebot.errors import ConfigError
+from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.roles import DeployerRole, deployed_binary
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.specs import load_spec
-from flakebot.workspace import Forker
 from messages import CleanupReport, CleanupRequest, ToolSpec
 
 

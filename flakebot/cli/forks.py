@@ -11,17 +11,17 @@ import typer
 from rich.markup import escape
 
 from flakebot import acceptance
-from flakebot.cargo_toml import package_dir, read_crate
 from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
-from flakebot.crate_index import CrateIndex, index_path
+from flakebot.crates.cargo_toml import package_dir, read_crate
+from flakebot.crates.index import CrateIndex, index_path
 from flakebot.errors import ConfigError
+from flakebot.fork import Forker, fork_ids
 from flakebot.home import check_id
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import DEBIAN_REGISTRY, parse_registry
 from flakebot.specs import load_spec
 from flakebot.tester import Tester
-from flakebot.workspace import Forker, fork_ids
 from messages import CrateCandidate, ScoreParts, TestReport
 
 NoSandbox = Annotated[

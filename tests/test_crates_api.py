@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flakebot.crates_io import CratesIoClient, DiskCache, RateLimiter
+from flakebot.crates.api import CratesIoClient, DiskCache, RateLimiter
 from flakebot.errors import CrateNotFound, RegistryUnavailable
 
 FIXTURES = Path(__file__).parent / "fixtures" / "crates_io"

@@ -1,4 +1,4 @@
-"""Forks: each candidate in its own git workspace (pygit2), made to build offline.
+"""Forking crates: each candidate in its own git workspace (pygit2), made to build offline.
 
 `Forker.fork` makes FLAKEBOT_HOME/workspaces/<run>/<candidate> on branch `flakebot/<run>`: a clone
 of the crate's upstream repository when it is reachable (https or file://, with a time limit) and
@@ -35,9 +35,9 @@ import structlog
 from flakebot import fork_files
 from flakebot.acceptance import TEST_PATH
 from flakebot.bundle import read_bundle, write_bundle
-from flakebot.cargo_toml import package_dir, read_crate
+from flakebot.crates.cargo_toml import package_dir, read_crate
+from flakebot.crates.pruning import prune_dev_dependency, unresolved_dependency
 from flakebot.errors import ForkError, ManifestError
-from flakebot.pruning import prune_dev_dependency, unresolved_dependency
 from flakebot.runstate import ForkRecord, RunRecord
 from flakebot.sandbox import Sandbox
 from flakebot.settings import DEBIAN_REGISTRY, Settings

@@ -9,9 +9,9 @@ import pygit2
 import pytest
 
 from flakebot.errors import ForkError
+from flakebot.fork import Forker
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
-from flakebot.workspace import Forker
 from messages import CrateCandidate, RegistryRef, ScoreParts, Workspace
 from tests.conftest import candidate
 from tests.registry_helpers import DEBIAN_REGISTRY, make_crate, tag_upstream

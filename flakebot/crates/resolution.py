@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from flakebot.cargo_toml import Dependency, enabled_optional
-from flakebot.semver import SemverError, Version, VersionReq
+from flakebot.crates.cargo_toml import Dependency, enabled_optional
+from flakebot.crates.semver import SemverError, Version, VersionReq
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import structlog
 
-from flakebot.cargo_toml import CrateRecord, Dependency, read_crate
+from flakebot.crates.cargo_toml import CrateRecord, Dependency, read_crate
+from flakebot.crates.resolution import CrateDeps, Resolver
+from flakebot.crates.semver import SemverError, Version
 from flakebot.errors import ConfigError, ManifestError
-from flakebot.resolution import CrateDeps, Resolver
-from flakebot.semver import SemverError, Version
 
 log = structlog.get_logger()
 
