@@ -9,11 +9,10 @@ actor serves both at once). While `run` runs, this process holds the run's lock:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ray
 
 from actors.roles import RayRoles
+from flakebot.crates.fetch import dependency_dir
 from flakebot.errors import RunFailed
 from flakebot.logs import bind_context
 from flakebot.recorder import Recorder
@@ -41,12 +40,8 @@ class SupervisorActor:
         settings = Settings.from_env()
         self.record = RunRecord(settings.home, run_id)
         self.recorder = Recorder(run_id, self.record.directory / "journal.jsonl")
-        directory = Path(registry.location)
-        read_only = (
-            []
-            if registry.source != "local" or directory.is_relative_to("/usr")
-            else [str(directory)]
-        )
+        directory = dependency_dir(settings.home, registry)  # what the testers' cargo reads
+        read_only = [] if directory.is_relative_to("/usr") else [str(directory)]
         code_step = plan.step("code")
         self.roles = RayRoles(
             run_id, model_ref, read_only=read_only, max_attempts=code_step.max_attempts or 4

@@ -18,6 +18,7 @@ fork), never from the fork's files.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from datetime import UTC, datetime
@@ -28,8 +29,10 @@ import httpx
 import structlog
 
 from flakebot import services
+from flakebot.crates.fetch import registry_cache
+from flakebot.crates.sparse import SparseRegistry
 from flakebot.errors import CommandFailed, DeployError
-from flakebot.flake_template import write_flake
+from flakebot.flake_template import nix_string, write_flake
 from flakebot.fork import Forker
 from flakebot.matching import output_matches
 from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system
@@ -37,7 +40,7 @@ from flakebot.runstate import RunRecord
 from flakebot.sandbox import Toolchain
 from flakebot.service_host import ServiceJob
 from flakebot.settings import Settings
-from messages import Deployment, ServiceInstance, ToolSpec, Workspace
+from messages import Deployment, RegistryRef, ServiceInstance, ToolSpec, Workspace
 
 log = structlog.get_logger()
 
@@ -61,13 +64,17 @@ class Deployer:
         self.toolchain = toolchain
         self.nix = nix or Nix()
 
-    def offline_nixpkgs(self, registry: Path) -> Path:
-        """The offline nixpkgs stand-in for this toolchain and registry (rendered once)."""
+    def offline_nixpkgs(self, registry: RegistryRef) -> Path:
+        """The offline nixpkgs stand-in for this toolchain and registry (rendered once): a local
+        registry is read as it is; a crates.io-protocol registry's crates are fetched by URL and
+        checksum, as nixpkgs' importCargoLock does."""
         template = resources.files("flakebot").joinpath("data/nix/nixpkgs-offline/flake.nix")
+        local = registry.source == "local"
         text = (
             template.read_text()
             .replace("@TOOLCHAIN@", str(self.toolchain.root))
-            .replace("@REGISTRY@", str(registry))
+            .replace("@REGISTRY@", str(Path(registry.location)) if local else "")
+            .replace("@DOWNLOADS@", "" if local else nix_string(self.download_template(registry)))
             .replace("@SYSTEM@", current_system())
         )
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -77,16 +84,31 @@ class Deployer:
             (directory / "flake.nix").write_text(text)
         return directory
 
-    def flake_args(self, registry: Path) -> list[str]:
+    def download_template(self, registry: RegistryRef) -> str:
+        """The registry's `dl` template with its markers (cargo's default path when it has
+        none): saved when a fork fetched from it, else asked of the registry."""
+        saved = registry_cache(self.settings.home, registry) / "config.json"
+        try:
+            dl = str(json.loads(saved.read_text())["dl"])
+        except (OSError, ValueError, KeyError, TypeError):
+            client = SparseRegistry(registry, user_agent=self.settings.user_agent)
+            try:
+                dl = client.config().dl
+            finally:
+                client.close()
+        return dl if "{" in dl else dl.rstrip("/") + "/{crate}/{version}/download"
+
+    def flake_args(self, registry: RegistryRef) -> list[str]:
         return [
             "--override-input", "nixpkgs", f"path:{self.offline_nixpkgs(registry)}",
             "--no-write-lock-file",
         ]  # fmt: skip
 
-    def sandbox_paths(self, registry: Path) -> list[str]:
+    def sandbox_paths(self, registry: RegistryRef) -> list[str]:
         paths = [*BASE_SANDBOX_PATHS, "/etc/alternatives", str(self.toolchain.root)]
-        if not registry.is_relative_to("/usr"):
-            paths.append(str(registry))
+        directory = Path(registry.location)
+        if registry.source == "local" and not directory.is_relative_to("/usr"):
+            paths.append(str(directory))
         return paths
 
     def source_dir(self, workspace: Workspace) -> Path:
@@ -97,7 +119,7 @@ class Deployer:
         self, workspace: Workspace, spec: ToolSpec, forker: Forker, *, bin_name: str
     ) -> Deployment:
         root = Path(workspace.path)
-        registry = Path(workspace.registry.location)
+        registry = workspace.registry
         record = RunRecord(self.settings.home, workspace.run_id)
         if write_flake(
             root,

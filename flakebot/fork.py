@@ -1,13 +1,12 @@
 """Forking crates: each candidate in its own git workspace (pygit2), made to build offline.
 
-`Forker.fork` makes FLAKEBOT_HOME/workspaces/<run>/<candidate> on branch `flakebot/<run>`: a clone
-of the crate's upstream repository when it is reachable (https or file://, with a time limit) and
-has a tag for the version, otherwise the registry's published source committed as `upstream`. A
-second commit makes it build offline: `.cargo/config.toml` points cargo at the local registry and
-`Cargo.lock` is resolved there. When resolution fails on a dev-dependency the registry lacks, that
-dev-dependency and the tests, benches and examples that use it are pruned, recorded, and
-resolution runs again. Every later attempt is one commit (`commit`), and any can be restored
-(`reset`).
+`Forker.fork` makes FLAKEBOT_HOME/workspaces/<run>/<candidate> on branch `flakebot/<run>`. The
+first commit is the crate's source (fork_sources): its upstream repository at the release when
+that is reachable and matches what was published, else the registry's source (a directory
+registry's crate, or a `.crate` downloaded and verified). The second makes it build offline
+(fork_offline): Flakebot's `.cargo/config.toml`, a resolved `Cargo.lock`, dev-dependencies the
+registry lacks pruned, and a remote registry's dependencies fetched. Every later attempt is one
+commit (`commit`), and any can be restored (`reset`).
 
 What the fork is (its crate, registry, target dir and package directory) is saved in the run's
 record when it is made, and read back from there (`open`), never from the fork: once a sandboxed
@@ -22,22 +21,22 @@ import hashlib
 import posixpath
 import re
 import shutil
-import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pygit2
 import structlog
 
-from flakebot import fork_files
+from flakebot import fork_files, fork_sources
 from flakebot.acceptance import TEST_PATH
 from flakebot.bundle import read_bundle, write_bundle
 from flakebot.crates.cargo_toml import package_dir, read_crate
-from flakebot.crates.pruning import prune_dev_dependency, unresolved_dependency
-from flakebot.errors import ForkError, ManifestError
+from flakebot.crates.fetch import Fetcher, registry_cache
+from flakebot.crates.sparse import SparseRegistry
+from flakebot.errors import ForkError
+from flakebot.fork_offline import SETUP_PREFIX, make_offline
+from flakebot.fork_sources import commit_all
 from flakebot.runstate import ForkRecord, RunRecord
 from flakebot.sandbox import Sandbox
 from flakebot.settings import DEBIAN_REGISTRY, Settings
@@ -45,10 +44,6 @@ from messages import ChangedFile, CrateCandidate, PrunedItem, RegistryRef, Score
 
 log = structlog.get_logger()
 
-AUTHOR = pygit2.Signature("Flakebot", "flakebot@localhost")
-IGNORED_FROM_REGISTRY = shutil.ignore_patterns(".cargo-checksum.json", ".git", "target")
-LOCK_TIMEOUT_S = 300.0
-SETUP_PREFIX = "flakebot: build offline against "
 FLAKEBOT_FILES = {".cargo/config.toml", "Cargo.lock", "flake.nix", TEST_PATH}
 
 
@@ -83,36 +78,47 @@ class Forker:
             return self.current(made)
         if path.exists():
             shutil.rmtree(path)  # a fork whose making was interrupted: start again
-        if candidate.registry.source != "local":
-            raise ForkError(
-                f"{candidate.name} {candidate.version} comes from {candidate.registry}; forks are "
-                "made from a local registry's sources or a reachable upstream repository",
-                hint="use --registry local (Debian's crate sources) or a `cargo vendor` directory",
-            )
-        source = _registry_source(Path(candidate.registry.location), candidate)
         path.parent.mkdir(parents=True, exist_ok=True)
         record.add("workspace", path, candidate_id=candidate.candidate_id)
-        record.add(
-            "target_dir",
-            self.target_dir(candidate.name, candidate.version),
-            candidate_id=candidate.candidate_id,
-        )
         started = time.monotonic()
-        origin = "registry-source"
-        if candidate.repository and self._clone_upstream(candidate, path, branch):
-            origin = "upstream-clone"
-        else:
-            shutil.copytree(source, path, ignore=IGNORED_FROM_REGISTRY, symlinks=True)
-            repo = pygit2.init_repository(str(path), initial_head=branch)
-            _commit_all(
-                repo, f"upstream: {candidate.name} {candidate.version} from {candidate.registry}"
-            )
+        client = None
         try:
-            pruned = self._make_offline(candidate, path)
+            if candidate.registry.source == "local":
+                fetcher = None
+                start = fork_sources.from_directory(
+                    candidate, path, branch, clone_timeout=self.clone_timeout
+                )
+            else:
+                client = SparseRegistry(
+                    candidate.registry,
+                    user_agent=self.settings.user_agent,
+                    saved_config=registry_cache(self.settings.home, candidate.registry)
+                    / "config.json",
+                )
+                fetcher = Fetcher(self.settings.home, client)
+                start = fork_sources.from_remote(
+                    candidate, path, branch, fetcher=fetcher, clone_timeout=self.clone_timeout
+                )
+            candidate = candidate.model_copy(update={"version": start.version})
+            target = self.target_dir(candidate.name, candidate.version)
+            record.add("target_dir", target, candidate_id=candidate.candidate_id)
+            pruned = make_offline(
+                candidate,
+                path,
+                sandbox=self.sandbox,
+                target=target,
+                home=self.settings.home,
+                fetcher=fetcher,
+            )
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+        finally:
+            if client is not None:
+                client.close()
+        origin = start.origin
         workspace = self.describe(candidate, path, origin=origin, pruned=pruned)
+        workspace = workspace.model_copy(update={"source": start.source})
         record.save_fork(candidate, workspace)
         log.info(
             "crate_forked",
@@ -194,107 +200,10 @@ class Forker:
         )
         return self.describe(candidate, root, origin=None, pruned=[])
 
-    def _clone_upstream(self, candidate: CrateCandidate, path: Path, branch: str) -> bool:
-        url = candidate.repository or ""
-        if not _reachable(url, timeout=min(5.0, self.clone_timeout)):
-            log.info("upstream_unreachable", url=url)
-            return False
-        deadline = time.monotonic() + self.clone_timeout
-
-        class Deadline(pygit2.RemoteCallbacks):
-            def transfer_progress(self, stats: object) -> None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"cloning {url} took longer than its time limit")
-
-        try:
-            repo = pygit2.clone_repository(url, str(path), callbacks=Deadline())
-        except (pygit2.GitError, TimeoutError, ValueError) as exc:
-            log.info("upstream_clone_failed", url=url, error=str(exc))
-            shutil.rmtree(path, ignore_errors=True)
-            return False
-        for tag in (
-            f"v{candidate.version}",
-            candidate.version,
-            f"{candidate.name}-v{candidate.version}",
-        ):
-            reference = repo.references.get(f"refs/tags/{tag}")
-            if reference is not None:
-                commit = reference.peel(pygit2.Commit)
-                repo.branches.local.create(branch, commit)
-                repo.checkout(f"refs/heads/{branch}")
-                try:
-                    package_dir(path, candidate.name)  # at the root, or a workspace member
-                except ManifestError:
-                    break
-                return True
-        log.info(
-            "upstream_unusable", url=url, version=candidate.version, reason="no tag or package"
-        )
-        shutil.rmtree(path, ignore_errors=True)
-        return False
-
-    def _make_offline(self, candidate: CrateCandidate, path: Path) -> list[PrunedItem]:
-        registry = Path(candidate.registry.location).resolve()
-        # The crate's own cargo configuration (an upstream repository may carry one: aliases,
-        # runners, rustflags, other sources) is replaced by Flakebot's, whole: never followed.
-        existing = fork_files.kind(path, ".cargo")
-        if existing == "dir":
-            shutil.rmtree(path / ".cargo")  # rmtree does not follow symlinks inside
-        elif existing is not None:
-            fork_files.remove(path, ".cargo")
-        fork_files.write_text(
-            path,
-            ".cargo/config.toml",
-            "# Written by flakebot: build offline against a local directory registry.\n"
-            '[source.crates-io]\nreplace-with = "flakebot-local"\n\n'
-            f"[source.flakebot-local]\ndirectory = {_toml_string(str(registry))}\n\n"
-            "[net]\noffline = true\n",
-        )
-        fork_files.remove(path, "Cargo.lock")
-        pruned: list[PrunedItem] = []
-        target = self.target_dir(candidate.name, candidate.version)
-        for _ in range(64):
-            done = self.sandbox.run(
-                ["cargo", "generate-lockfile", "--offline"],
-                workdir=path,
-                target_dir=target,
-                timeout=LOCK_TIMEOUT_S,
-            )
-            if done.ok:
-                break
-            missing = unresolved_dependency(done.stderr)
-            if missing is None:
-                raise ForkError(
-                    f"{candidate.name} {candidate.version} does not resolve offline:\n"
-                    + done.stderr.strip()[-2_000:]
-                )
-            removed = prune_dev_dependency(
-                package_dir(path, candidate.name), missing, reason=f"{missing} is not in {registry}"
-            )
-            if not removed:
-                raise ForkError(
-                    f"{candidate.name} {candidate.version} needs {missing}, which {registry} lacks "
-                    "(not only as a dev-dependency, so it cannot be pruned)",
-                    hint="try another candidate, or install the crate's sources "
-                    f"(apt-get install librust-{missing.replace('_', '-')}-dev)",
-                )
-            pruned.extend(removed)
-        else:
-            raise ForkError(f"{candidate.name} {candidate.version}: resolution did not settle")
-        repo = pygit2.Repository(str(path))
-        summary = f"pruned {len(pruned)}" if pruned else "nothing pruned"
-        body = "\n".join(f"pruned: {item.what} {item.name}: {item.reason}" for item in pruned)
-        _commit_all(
-            repo,
-            f"{SETUP_PREFIX}{registry} ({summary})\n\n{body}".rstrip(),
-            force=["Cargo.lock", ".cargo/config.toml"],
-        )
-        return pruned
-
     def commit(self, workspace: Workspace, message: str) -> str:
         """Commit everything in the work tree as one attempt; returns the new commit id."""
         repo = pygit2.Repository(workspace.path)
-        return _commit_all(repo, message, force=["Cargo.lock"])
+        return commit_all(repo, message, force=["Cargo.lock"])
 
     def attempts(self, workspace: Workspace) -> list[Attempt]:
         """The branch's commits, oldest first."""
@@ -390,23 +299,6 @@ def fork_ids(root: Path, workspaces: Path) -> tuple[str, str]:
     return "local", safe or "package"
 
 
-def _registry_source(registry: Path, candidate: CrateCandidate) -> Path:
-    for directory in (
-        registry / f"{candidate.name}-{candidate.version}",
-        registry / candidate.name,
-    ):
-        if (directory / "Cargo.toml").is_file():
-            return directory
-    raise ForkError(
-        f"{registry} has no source for {candidate.name} {candidate.version}",
-        hint="re-run the search; the registry may have changed since",
-    )
-
-
-def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _export_tree(repo: pygit2.Repository, tree: pygit2.Tree, root: Path, prefix: str) -> None:
     for entry in tree:
         relative = f"{prefix}{entry.name}"
@@ -426,40 +318,6 @@ def _export_tree(repo: pygit2.Repository, tree: pygit2.Tree, root: Path, prefix:
             executable = entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE
             mode = 0o755 if executable else 0o644
             fork_files.write_bytes(root, relative, content.data, mode=mode)
-
-
-def _reachable(url: str, *, timeout: float) -> bool:
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        return Path(parsed.path).exists()
-    if parsed.scheme != "https" or not parsed.hostname:
-        return False
-    try:
-        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def _commit_all(repo: pygit2.Repository, message: str, *, force: Sequence[str] = ()) -> str:
-    index = repo.index
-    deleted = [
-        path
-        for path, status in repo.status().items()
-        if status & pygit2.enums.FileStatus.WT_DELETED
-    ]
-    index.add_all()
-    for path in deleted:
-        if path in index:
-            index.remove(path)
-    for path in force:
-        if (Path(repo.workdir) / path).exists():
-            index.add(path)
-    index.write()
-    tree = index.write_tree()
-    parents = [] if repo.head_is_unborn else [repo.head.target]
-    commit = repo.create_commit("HEAD", AUTHOR, AUTHOR, message + "\n", tree, parents)
-    return str(commit)
 
 
 def _pruned_from_history(repo: pygit2.Repository) -> list[PrunedItem]:

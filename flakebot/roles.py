@@ -16,6 +16,7 @@ from flakebot import manifest as manifests
 from flakebot.acceptance import choose_binary
 from flakebot.coder import CodeLoop, TestRunner
 from flakebot.crates.cargo_toml import read_crate
+from flakebot.crates.fetch import dependency_dir
 from flakebot.crates.index import CrateIndex, index_path
 from flakebot.deployer import Deployer
 from flakebot.errors import DeployError, FlakebotError, ForkError
@@ -110,7 +111,7 @@ class DeveloperRole:
         return known
 
     def _new_loop(self, workspace: Workspace) -> CodeLoop:
-        directory = Path(workspace.registry.location)
+        directory = dependency_dir(self.settings.home, workspace.registry)
         sandbox = Sandbox.for_registry(Toolchain.find(), directory)
         model = _model(self.settings, self.model_ref) or NoModel()
         index = CrateIndex(directory, index_path(self.settings.home, directory))
@@ -130,7 +131,9 @@ class DeveloperRole:
     async def develop(
         self, candidate: CrateCandidate, spec: ToolSpec
     ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
-        sandbox = Sandbox.for_registry(Toolchain.find(), Path(candidate.registry.location))
+        sandbox = Sandbox.for_registry(
+            Toolchain.find(), dependency_dir(self.settings.home, candidate.registry)
+        )
         try:
             workspace = Forker(self.settings, sandbox).fork(candidate)
         except FlakebotError as exc:
@@ -202,7 +205,6 @@ class DeployerRole:
         made = RunRecord(self.settings.home, workspace.run_id).fork(workspace.candidate_id)
         if made is None:
             raise ForkError(f"the run has no record of the fork {workspace.candidate_id}")
-        registry = Path(workspace.registry.location)
         manifest = manifests.build_manifest(
             spec,
             made.candidate,
@@ -210,7 +212,7 @@ class DeployerRole:
             sandbox=ToolSandbox(closure=tuple(self.deployer.nix.closure(deployment.store_path))),
             toolchain=self.toolchain.version(),
             run_command=self.deployer.nix.run_argv(
-                f"{deployment.flake_ref}#default", self.deployer.flake_args(registry)
+                f"{deployment.flake_ref}#default", self.deployer.flake_args(workspace.registry)
             ),
             changes=Forker(self.settings, Sandbox(self.toolchain)).changes(
                 workspace, deployment.commit

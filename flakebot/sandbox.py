@@ -41,6 +41,11 @@ SANDBOX_HOME = "/tmp/flakebot-home"
 PASSED_THROUGH = ("LANG", "LC_ALL", "TERM", "SOURCE_DATE_EPOCH")
 # Directories of a fork that stay read-only inside the sandbox even though the fork is writable.
 PROTECTED_IN_FORK = (".git", ".cargo")
+# What a process with the network needs from /etc to resolve names and check certificates.
+NETWORK_FILES = (
+    "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates",
+    "/etc/pki",
+)  # fmt: skip
 PASSWD = (
     "root:x:0:0:root:/tmp/flakebot-home:/bin/sh\n"
     "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -99,11 +104,14 @@ def confinement(
     env: Mapping[str, str],
     data_fds: Mapping[str, int] | None = None,
     die_with_parent: bool = True,
+    network: bool = False,
 ) -> list[str]:
     """bwrap's arguments up to the command: what is visible, what is writable, the environment.
 
     `protected` paths are bound read-only after (so over) the `writable` ones; `data_fds` maps a
-    path inside to a file descriptor whose content becomes that read-only file.
+    path inside to a file descriptor whose content becomes that read-only file. `network` keeps
+    the host's network (and the files that name servers and certificate authorities), for the one
+    stage that fetches: resolving a fork's dependencies against a remote registry.
     """
     args = [
         "bwrap",
@@ -124,6 +132,10 @@ def confinement(
     ]  # fmt: skip
     if die_with_parent:
         args.insert(1, "--die-with-parent")
+    if network:
+        args.insert(args.index("--unshare-all") + 1, "--share-net")
+        for shared in NETWORK_FILES:
+            args += ["--ro-bind-try", shared, shared]
     for inside, fd in (data_fds or {}).items():
         args += ["--ro-bind-data", str(fd), inside]
     for path in _outermost(read_only):
@@ -213,14 +225,19 @@ class Sandbox:
         timeout: float,
         writable: Sequence[Path] = (),
         stdin: str | None = None,
+        network: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> Completed:
-        """Run `command` in `workdir` with only `workdir`, `target_dir` and `writable` writable."""
+        """Run `command` in `workdir` with only `workdir`, `target_dir` and `writable` writable;
+        `network` for the fetch stage only (no build runs there), `env` added to the sandbox's."""
         for path in (workdir, target_dir, *writable):
             if not path.is_absolute():
                 raise ConfigError(f"sandbox paths must be absolute: {path}")
         target_dir.mkdir(parents=True, exist_ok=True)
         workdir, target_dir = workdir.resolve(), target_dir.resolve()  # bwrap binds real paths
-        env = self.environment(target_dir)
+        env = {**self.environment(target_dir), **(env or {})}
+        if network:
+            env["CARGO_NET_OFFLINE"] = "false"
         limit = ["prlimit", f"--as={self.memory_bytes}", "--"]
         if not self.enabled:
             argv = [*limit, *map(str, command)]
@@ -235,6 +252,7 @@ class Sandbox:
                     workdir=workdir,
                     env=env,
                     data_fds=data_fds,
+                    network=network,
                 ),
                 *map(str, command),
             ]

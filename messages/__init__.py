@@ -25,7 +25,14 @@ from messages.coding import (
     TestReport,
     WriteFile,
 )
-from messages.crates import CrateCandidate, CrateQuery, PrunedItem, ScoreParts, Workspace
+from messages.crates import (
+    CrateCandidate,
+    CrateQuery,
+    CrateSource,
+    PrunedItem,
+    ScoreParts,
+    Workspace,
+)
 from messages.deploy import (
     ChangedFile,
     CleanupFailure,
@@ -111,6 +118,7 @@ __all__ = [
     "CleanupRequest",
     "CrateCandidate",
     "CrateQuery",
+    "CrateSource",
     "DeleteFile",
     "DependencyChange",
     "Deployment",

@@ -74,6 +74,28 @@ class PrunedItem(Part):
     reason: str
 
 
+Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class CrateSource(Part):
+    """Where a fork's crate came from, as Flakebot recorded it when it made the fork."""
+
+    registry: RegistryRef
+    checksum: Sha256 | None = Field(
+        default=None,
+        description="sha256 of the published .crate (checked against the registry's index when "
+        "downloaded; from .cargo-checksum.json in a directory registry).",
+    )
+    upstream_repository: str | None = None
+    upstream_commit: Sha | None = Field(
+        default=None, description="The upstream commit the fork's history starts from."
+    )
+    note: str | None = Field(
+        default=None, description="Why the fork starts from the registry's source, not upstream."
+    )
+
+
 class Workspace(Message):
     """A candidate's fork: a git repository with one branch for the run."""
 
@@ -93,3 +115,4 @@ class Workspace(Message):
     bin_names: list[str] = Field(default_factory=list)
     manifest_path: RelativePath = "Cargo.toml"
     pruned: list[PrunedItem] = Field(default_factory=list)
+    source: CrateSource | None = None

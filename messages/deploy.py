@@ -17,6 +17,7 @@ from messages.base import (
     RegistryRef,
     RelativePath,
 )
+from messages.crates import CrateSource
 
 StorePath = Annotated[str, StringConstraints(pattern=r"^/nix/store/[0-9a-z]{32}-[^/]+$")]
 
@@ -80,6 +81,11 @@ class Provenance(Part):
     fork_commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
     toolchain: str = Field(description="rustc --version of the toolchain that built it.")
     nar_hash: str
+    source: CrateSource | None = Field(
+        default=None,
+        description="The registry URL, the .crate's checksum, and the upstream repository and "
+        "commit the fork started from.",
+    )
     changes: list[ChangedFile] = Field(
         default_factory=list,
         description="What the fork added, removed or changed against the published crate "

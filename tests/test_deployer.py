@@ -98,7 +98,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         sandbox=ToolSandbox(closure=tuple(deployer.nix.closure(deployment.store_path))),
         toolchain=toolchain.version(),
         run_command=deployer.nix.run_argv(
-            f"{deployment.flake_ref}#default", deployer.flake_args(DEBIAN_REGISTRY)
+            f"{deployment.flake_ref}#default",
+            deployer.flake_args(RegistryRef(source="local", location=str(DEBIAN_REGISTRY))),
         ),
     )
     yield Deployed(settings, forker, deployer, workspace, deployment, manifest, before)

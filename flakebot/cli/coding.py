@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from flakebot.cli import JsonFlag, app, load_settings, out, print_json
 from flakebot.coder import AttemptOutcome, CodeLoop, LocalTestRunner
+from flakebot.crates.fetch import dependency_dir
 from flakebot.crates.index import CrateIndex, index_path
 from flakebot.errors import ConfigError
 from flakebot.fork import Forker
@@ -91,7 +92,7 @@ def code(
     assert chosen is not None
     toolchain = Toolchain.find()
     workspace = Forker(settings, Sandbox(toolchain)).open(directory)
-    registry = Path(workspace.registry.location)
+    registry = dependency_dir(settings.home, workspace.registry)
     sandbox = Sandbox.for_registry(toolchain, registry)
     forker = Forker(settings, sandbox)
     tool_spec = load_spec(spec, workspace.run_id)

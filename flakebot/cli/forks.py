@@ -13,6 +13,7 @@ from rich.markup import escape
 from flakebot import acceptance
 from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
 from flakebot.crates.cargo_toml import package_dir, read_crate
+from flakebot.crates.fetch import dependency_dir
 from flakebot.crates.index import CrateIndex, index_path
 from flakebot.errors import ConfigError
 from flakebot.fork import Forker, fork_ids
@@ -107,7 +108,7 @@ def test_command(
     run_id, candidate_id = fork_ids(root, settings.workspaces_dir)
     made = RunRecord(settings.home, run_id).fork(candidate_id)
     if made is not None and Path(made.workspace.path) == root:
-        registry = Path(made.workspace.registry.location)
+        registry = dependency_dir(settings.home, made.workspace.registry)
         package = root / Path(made.workspace.manifest_path).parent
         name, version = made.candidate.name, made.candidate.version
     else:  # a package of yours, not a fork: its facts are read before anything of it runs

@@ -127,7 +127,7 @@ class CrateIndex:
             )
         self.registry_dir = registry_dir.resolve()
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(db_path)
+        self._db = sqlite3.connect(db_path, check_same_thread=False)  # callers serialise
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         if self._meta("schema") != SCHEMA_VERSION or self._meta("registry") != str(
             self.registry_dir
