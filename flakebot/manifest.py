@@ -20,6 +20,7 @@ from flakebot.tool_sandbox import ToolSandbox
 from messages import (
     ChangedFile,
     CrateCandidate,
+    CrateSource,
     Deployment,
     Provenance,
     ToolManifest,
@@ -112,6 +113,7 @@ def build_manifest(
     toolchain: str,
     run_command: list[str],
     changes: list[ChangedFile] | None = None,
+    source: CrateSource | None = None,
 ) -> ToolManifest:
     """The manifest of a deployment; provenance from the run's record of the crate, not the fork."""
     cli = spec.tool_kind == "cli"
@@ -137,6 +139,7 @@ def build_manifest(
             fork_commit=deployment.commit,
             toolchain=toolchain,
             nar_hash=deployment.nar_hash,
+            source=source,
             changes=changes or [],
         ),
         cleanup_command=["flakebot", "clean", deployment.run_id],
@@ -184,6 +187,14 @@ def to_markdown(manifest: ToolManifest) -> str:
         f"- toolchain: {provenance.toolchain}",
         f"- store path: {manifest.store_path} ({provenance.nar_hash})",
     ]
+    source = provenance.source
+    if source is not None:
+        if source.checksum:
+            lines.append(f"- .crate sha256: {source.checksum}")
+        if source.upstream_commit:
+            lines.append(f"- upstream: {source.upstream_repository} at {source.upstream_commit}")
+        elif source.note:
+            lines.append(f"- forked from the registry's source: {source.note}")
     if provenance.changes:
         lines += ["", "## Changes from the published crate", ""]
         lines += [

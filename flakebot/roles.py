@@ -217,6 +217,7 @@ class DeployerRole:
             changes=Forker(self.settings, Sandbox(self.toolchain)).changes(
                 workspace, deployment.commit
             ),
+            source=made.workspace.source,
         )
         manifests.save(self.settings.home, manifest)
         return manifest

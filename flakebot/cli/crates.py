@@ -1,8 +1,9 @@
-"""Crate commands: `flakebot search` and `flakebot index`."""
+"""Crate commands: `flakebot search`, `flakebot index` and `flakebot registry serve`."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.markup import escape
 
 from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
 from flakebot.crates.index import CrateIndex, index_path
+from flakebot.crates.mirror import MirrorServer
 from flakebot.errors import ConfigError
 from flakebot.scout import Scout
 from flakebot.settings import parse_registry
@@ -113,3 +115,59 @@ def index(registry: RegistryOption = None, as_json: JsonFlag = False) -> None:
     out.print(f"Indexed {stats.crates} crates from {directory} in {stats.seconds:.2f} s.")
     for directory_name, reason in stats.skipped:
         out.print(f"[yellow]skipped[/] {escape(directory_name)}: {escape(reason)}")
+
+
+registry_app = typer.Typer(
+    help="Registries: serve a directory registry as a crates.io-protocol registry.",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("serve")
+def registry_serve(
+    directory: Annotated[
+        Path, typer.Argument(help="A directory registry: Debian's, or `cargo vendor` output.")
+    ],
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0: any free port.")] = 0,
+    bind: Annotated[
+        str, typer.Option("--bind", help="The address to listen on (loopback by default).")
+    ] = "127.0.0.1",
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="The URL clients reach it by (default http://BIND:PORT)."),
+    ] = None,
+    yank: Annotated[
+        list[str] | None,
+        typer.Option("--yank", help="Serve NAME@VERSION as yanked (repeatable)."),
+    ] = None,
+) -> None:
+    """Serve DIR as a crates.io-protocol registry: sparse index, .crate downloads with real
+    checksums, and the search and crate API. Use it with --registry crates-io:URL."""
+    settings = load_settings()
+    if not directory.is_dir():
+        raise ConfigError(
+            f"{directory} is not a directory",
+            hint="pass a directory of unpacked crates, e.g. /usr/share/cargo/registry",
+        )
+    for item in yank or []:
+        name, at, version = item.partition("@")
+        if not at or not name or not version:
+            raise ConfigError(
+                f"--yank {item!r} is not NAME@VERSION", hint="e.g. --yank hexyl@0.8.0"
+            )
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url {url!r} must start with http:// or https://")
+    server = MirrorServer(
+        directory, settings.home, bind=bind, port=port, public_url=url, yanked=yank or []
+    )
+    crates = server.mirror.count()
+    out.print(f"Serving {crates} crates from {directory} at {server.url}", highlight=False)
+    out.print(f"  use it with: --registry crates-io:{server.url}")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

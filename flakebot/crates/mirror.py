@@ -61,6 +61,10 @@ class Mirror:
     def close(self) -> None:
         self._index.close()
 
+    def count(self) -> int:
+        with self._lock:
+            return self._index.count()
+
     def config(self) -> dict[str, str]:
         return {"dl": f"{self.public_url}/api/v1/crates", "api": self.public_url}
 
