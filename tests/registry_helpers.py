@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
 import shutil
+import tarfile
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pygit2
+
+from flakebot.crates.index_entry import entry_of, index_file_path
 
 DEBIAN_REGISTRY = Path("/usr/share/cargo/registry")
 
@@ -55,3 +65,54 @@ def tag_upstream(directory: Path, version: str) -> str:
     commit = repo.create_commit("HEAD", author, author, version, repo.index.write_tree(), [])
     repo.create_tag(f"v{version}", commit, pygit2.enums.ObjectType.COMMIT, author, version)
     return str(commit)
+
+
+class StaticRegistry:
+    """A crates.io-protocol registry made of static files, served on loopback by a plain file
+    server: `index/config.json`, the sparse index, and `.crate` files at the `dl` template."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.server = ThreadingHTTPServer(
+            ("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root))
+        )
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        (root / "index").mkdir(parents=True, exist_ok=True)
+        (root / "index" / "config.json").write_text(
+            json.dumps({"dl": f"{self.url}/crates/{{crate}}-{{version}}.crate", "api": self.url})
+        )
+
+    def publish(self, name: str, version: str, data: bytes, manifest: dict[str, object]) -> str:
+        """Add a `.crate` and its index line; returns its checksum."""
+        checksum = hashlib.sha256(data).hexdigest()
+        (self.root / "crates").mkdir(exist_ok=True)
+        (self.root / "crates" / f"{name}-{version}.crate").write_bytes(data)
+        line = entry_of(manifest, checksum).model_dump(exclude_none=True)
+        index = self.root / "index" / index_file_path(name)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        with index.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        return checksum
+
+    def __enter__(self) -> StaticRegistry:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def crate_tarball(name: str, version: str, files: dict[str, bytes]) -> bytes:
+    """A `.crate` with these members (paths relative to `<name>-<version>/`, or absolute or
+    escaping ones as they are when they start with `/` or `..`)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for relative, data in files.items():
+            member = (
+                relative if relative.startswith(("/", "..")) else f"{name}-{version}/{relative}"
+            )
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buffer.getvalue())

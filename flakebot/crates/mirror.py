@@ -56,6 +56,7 @@ class Mirror:
         self._index.refresh()
         self._lock = threading.Lock()
         self._packed: dict[tuple[str, str], bytes] = {}
+        self._lines: dict[str, str] = {}
         self.downloads = 0
 
     def close(self) -> None:
@@ -84,6 +85,8 @@ class Mirror:
             return self._packed[key]
 
     def index_lines(self, name: str) -> str | None:
+        if name in self._lines:
+            return self._lines[name]
         versions = self._versions(name)
         if not versions:
             return None
@@ -99,7 +102,8 @@ class Mirror:
                 yanked=f"{crate.name}@{crate.version}" in self.yanked,
             )
             lines.append(json.dumps(entry.model_dump(exclude_none=True)))
-        return "\n".join(lines) + "\n"
+        self._lines[name] = "\n".join(lines) + "\n"
+        return self._lines[name]
 
     def search(self, text: str, per_page: int) -> dict[str, object]:
         with self._lock:
@@ -135,6 +139,7 @@ class Mirror:
                     "bin_names": list(crate.bin_names),
                     "has_lib": crate.has_lib,
                     "yanked": f"{crate.name}@{crate.version}" in self.yanked,
+                    "checksum": sha256(self.crate_file(crate.name, crate.version) or b""),
                     "created_at": _mtime(crate.path),
                     "updated_at": _mtime(crate.path),
                     "downloads": 0,
@@ -164,6 +169,13 @@ class Mirror:
             "created_at": _mtime(crate.path),
             "updated_at": _mtime(crate.path),
             "exact_match": exact,
+            "default_version": stable[0].version if stable else versions[0].version,
+            "num_versions": len(versions),
+            "yanked": not unyanked,
+            "keywords": list(crate.keywords),
+            "categories": list(crate.categories),
+            "badges": [],
+            "links": {"versions": f"/api/v1/crates/{crate.name}/versions"},
         }
 
 
