@@ -3,13 +3,15 @@
 A candidate's score is the weighted mean of the parts that apply to its registry:
 
     relevance   text match of the queries (BM25 locally; crates.io's own order remotely), in [0, 1];
-                1 for a crate named by a word of a query (`base64 encode decode` names base64)
+                1 for a crate named by a word of a query (`base64 encode decode` names base64),
+                as crates.io's exact match; text matches alone reach at most NAMED_LEAD below it
     has_binary  1 if the crate has a tool binary, when the query prefers binaries (cli, service):
                 a mild preference, since a library crate whose API fits is a good start too (the
                 coder writes its binary); test fixtures and helpers are not tools
     license     1 for a permissive licence, 0.3 for copyleft, 0.5 when unknown
     resolves    local only: 1 if a default build's dependencies all resolve in this registry
-    downloads   crates.io only: log-scaled, 10M downloads = 1
+    popularity  crates.io: downloads, log-scaled, 10M downloads = 1; a local registry: how many of
+                its crates depend on it, log-scaled against the most depended-on one there
     recency     crates.io only: 1 within a year of the last release, falling to 0 at five years
 """
 
@@ -37,9 +39,10 @@ WEIGHTS = {
     "has_binary": 0.05,
     "license": 0.10,
     "resolves": 0.20,
-    "downloads": 0.15,
+    "popularity": 0.15,
     "recency": 0.05,
 }
+NAMED_LEAD = 0.85  # the best text match without the crate's name, against a named crate's 1
 QUERY_DECAY = 0.9  # each later query in a CrateQuery counts this much less than the one before
 CACHE_TTL_S = 24 * 3600.0
 
@@ -70,6 +73,13 @@ def license_score(expression: str | None) -> float:
 
 def downloads_score(downloads: int) -> float:
     return min(1.0, math.log10(downloads + 1) / 7)
+
+
+def dependents_score(dependents: int, most: int) -> float:
+    """How depended-on a crate is in its registry, against the most depended-on one there."""
+    if most <= 0:
+        return 0.0
+    return min(1.0, math.log1p(dependents) / math.log1p(most))
 
 
 def recency_score(updated_at: datetime | None, now: datetime) -> float | None:
@@ -143,7 +153,7 @@ class Scout:
             for hit in hits:
                 if hit.crate.name in query.exclude:
                     continue
-                value = hit.relevance / top * QUERY_DECAY**position
+                value = hit.relevance / top * NAMED_LEAD * QUERY_DECAY**position
                 if value > relevance.get(hit.crate.name, 0.0):
                     relevance[hit.crate.name] = value
                     crates[hit.crate.name] = hit.crate
@@ -153,12 +163,14 @@ class Scout:
                     relevance[named.name] = value
                     crates[named.name] = named
         scored = []
+        most = index.most_dependents()
         for name, crate in crates.items():
             parts = ScoreParts(
                 relevance=round(relevance[name], 4),
                 has_binary=(1.0 if crate.bin_names else 0.0) if query.prefer_binary else None,
                 license=license_score(crate.license),
                 resolves=1.0 if crate.resolves else 0.0,
+                popularity=round(dependents_score(index.dependents(name), most), 4),
             )
             scored.append((combine(parts), crate, parts))
         scored.sort(key=lambda item: (-item[0], item[1].name))
@@ -174,6 +186,7 @@ class Scout:
                 registry=query.registry,
                 bin_names=list(crate.bin_names),
                 has_lib=crate.has_lib,
+                dependents=index.dependents(crate.name),
                 score=score,
                 score_parts=parts,
             )
@@ -198,7 +211,7 @@ class Scout:
                 for rank, summary in enumerate(found):
                     if summary.name in query.exclude:
                         continue
-                    value = 1.0 if summary.exact_match else 1 / (1 + 0.15 * rank)
+                    value = 1.0 if summary.exact_match else NAMED_LEAD / (1 + 0.15 * rank)
                     value *= QUERY_DECAY**position
                     if value > relevance.get(summary.name, 0.0):
                         relevance[summary.name] = value
@@ -256,7 +269,7 @@ def _remote_candidate(
         relevance=round(relevance, 4),
         has_binary=(1.0 if bin_names else 0.0) if query.prefer_binary else None,
         license=license_score(version.license),
-        downloads=round(downloads_score(detail.crate.downloads), 4),
+        popularity=round(downloads_score(detail.crate.downloads), 4),
         recency=recency_score(version.created_at or detail.crate.updated_at, now),
     )
     return CrateCandidate(

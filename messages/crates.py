@@ -42,7 +42,12 @@ class ScoreParts(Part):
     relevance: float = Field(ge=0, le=1)
     has_binary: float | None = Field(default=None, ge=0, le=1)
     license: float | None = Field(default=None, ge=0, le=1)
-    downloads: float | None = Field(default=None, ge=0, le=1)
+    popularity: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="downloads on crates.io; dependents in a local registry",
+    )
     recency: float | None = Field(default=None, ge=0, le=1)
     resolves: float | None = Field(default=None, ge=0, le=1)
 
@@ -61,6 +66,9 @@ class CrateCandidate(Message):
     bin_names: list[str] = Field(default_factory=list)
     has_lib: bool = False
     downloads: int | None = Field(default=None, ge=0)
+    dependents: int | None = Field(
+        default=None, ge=0, description="Crates in a local registry that depend on it."
+    )
     updated_at: datetime | None = None
     score: float = Field(ge=0)
     score_parts: ScoreParts

@@ -12,7 +12,7 @@ from flakebot.scout import Scout, combine, license_score, recency_score
 from flakebot.settings import Settings
 from messages import CrateQuery, RegistryRef, ScoreParts
 from tests.conftest import Cli
-from tests.registry_helpers import copy_crates
+from tests.registry_helpers import copy_crates, make_crate
 from tests.test_crates_api import Recorder
 
 DEBIAN = RegistryRef(source="local", location="/usr/share/cargo/registry")
@@ -56,7 +56,7 @@ def test_candidates_carry_score_parts_and_ids(settings: Settings) -> None:
     scout.close()
     assert (first.candidate_id, first.name, first.bin_names) == ("c1-hexyl", "hexyl", ["hexyl"])
     assert first.score_parts.has_binary == 1.0 and first.score_parts.resolves == 1.0
-    assert first.score_parts.downloads is None  # a local registry has no download counts
+    assert first.score_parts.popularity is not None  # dependents in the registry
     assert first.score == combine(first.score_parts)
     assert all(candidate.score <= first.score for candidate in rest)
     assert [candidate.candidate_id for candidate in rest] == [
@@ -89,7 +89,7 @@ def test_crates_io_candidates(settings: Settings) -> None:
     query = CrateQuery(run_id="r1", queries=["hex viewer"], registry=registry, limit=2)
     first, second = asyncio.run(scout.scout(query))
     assert (first.name, first.version, first.bin_names) == ("hexyl", "0.16.0", ["hexyl"])
-    assert first.downloads == 1_200_000 and first.score_parts.downloads is not None
+    assert first.downloads == 1_200_000 and first.score_parts.popularity is not None
     assert first.score_parts.resolves is None and first.score_parts.recency is not None
     assert second.name == "hexplay"
     only_bins = asyncio.run(scout.scout(query.model_copy(update={"bins_only": True})))
@@ -175,3 +175,69 @@ def test_test_fixtures_are_not_tools(settings: Settings) -> None:
         assert clap.bin_names == () and hexyl.bin_names == ("hexyl",)
     finally:
         scout.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("csv parser", "csv"),
+        ("regex engine", "regex"),  # ahead of fancy-regex, whose text matches better
+        ("clap argument parser", "clap"),
+        ("url parser", "url"),
+        ("log facade", "log"),
+        ("glob patterns", "glob"),
+        ("time library", "time"),
+        ("bytes buffer", "bytes"),
+        ("yaml parser", "yaml-rust"),
+    ],
+)
+def test_a_query_word_that_is_a_crates_name_ranks_that_crate_first(
+    settings: Settings, query: str, expected: str
+) -> None:
+    assert scout_names(settings, query, limit=3)[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "expected", "namesakes"),
+    [
+        ("random number generator", "rand", ["const-random", "rand_core", "rand_chacha"]),
+        ("serialization framework", "serde", ["serde_fmt", "erased-serde", "sval"]),
+        ("regular expressions", "regex", ["fancy-regex", "onig", "regex-automata"]),
+    ],
+)
+def test_the_widely_used_crate_beats_its_less_used_near_namesakes(
+    settings: Settings, query: str, expected: str, namesakes: list[str]
+) -> None:
+    ranked = scout_names(settings, query, limit=10)
+    assert expected in ranked[:3], ranked
+    for other in namesakes:
+        if other in ranked:
+            assert ranked.index(expected) < ranked.index(other), ranked
+
+
+def test_dependents_count_as_popularity_in_a_local_registry(
+    settings: Settings, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    wordy = "tiny markup formatter: formats markup, a markup formatter for markup"
+    make_crate(registry, "markup-fmt-lite", "0.1.0", description=wordy)
+    make_crate(registry, "markup_fmt_extra", "0.1.0", description=wordy)
+    make_crate(registry, "prettymark", "2.0.0", description="Markup formatter")
+    for user in ("site", "docs", "blog", "wiki"):
+        make_crate(registry, user, "1.0.0", extra_toml='[dependencies]\nprettymark = "2"\n')
+    scout = Scout(settings)
+    index = scout.local_index(registry)
+    assert index.dependents("prettymark") == 4 and index.most_dependents() == 4
+    query = CrateQuery(
+        run_id="t",
+        queries=["markup formatter"],
+        registry=RegistryRef(source="local", location=str(registry)),
+        limit=3,
+    )
+    try:
+        found = asyncio.run(scout.scout(query))
+    finally:
+        scout.close()
+    assert found[0].name == "prettymark", [(c.name, c.score, c.score_parts) for c in found]
+    assert found[0].dependents == 4 and found[0].score_parts.popularity == 1.0
+    assert all(c.score_parts.popularity == 0.0 for c in found[1:])

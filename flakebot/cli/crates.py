@@ -70,7 +70,7 @@ def _print_candidates(candidates: list[CrateCandidate]) -> None:
             "binary": parts.has_binary,
             "licence": parts.license,
             "resolves": parts.resolves,
-            "downloads": parts.downloads,
+            "popularity": parts.popularity,
             "recency": parts.recency,
         }
         head = f"{rank:>2}. {name:<{name_width}}  {candidate.score:.2f}  "

@@ -29,7 +29,7 @@ from flakebot.errors import ConfigError, ManifestError
 
 log = structlog.get_logger()
 
-SCHEMA_VERSION = "3"  # 3: bin_names holds the tool binaries only
+SCHEMA_VERSION = "4"  # 3: bin_names holds the tool binaries only; 4: dependents
 # bm25 column weights: name, keywords, categories, description, readme
 BM25_WEIGHTS = (10.0, 5.0, 2.0, 4.0, 0.5)
 _TOKEN = re.compile(r"[A-Za-z0-9]+")
@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS crates_name ON crates (name);
 CREATE TABLE IF NOT EXISTS skipped (
     dir TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL, reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dependents (name TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS crates_fts USING fts5 (
     name, keywords, categories, description, readme, tokenize = 'porter unicode61'
 );
@@ -134,6 +135,7 @@ class CrateIndex:
         ):
             self._db.executescript(
                 "DROP TABLE IF EXISTS crates; DROP TABLE IF EXISTS skipped;"
+                " DROP TABLE IF EXISTS dependents;"
                 " DROP TABLE IF EXISTS crates_fts; DELETE FROM meta;"
             )
         self._db.executescript(_SCHEMA)
@@ -287,6 +289,15 @@ class CrateIndex:
             features_table = {key: tuple(value) for key, value in json.loads(features).items()}
             parsed.append((crate_id, name, CrateDeps(parsed_version, deps, features_table)))
         resolver = Resolver((name, deps) for _, name, deps in parsed)
+        users: dict[str, set[str]] = {}
+        for _, name, deps in parsed:
+            for dep in deps.dependencies:
+                if dep.name != name:
+                    users.setdefault(dep.name, set()).add(name)
+        self._db.execute("DELETE FROM dependents")
+        self._db.executemany(
+            "INSERT INTO dependents VALUES (?, ?)", [(n, len(u)) for n, u in users.items()]
+        )
         self._db.executemany(
             "UPDATE crates SET resolves = ? WHERE id = ?",
             [
@@ -330,6 +341,15 @@ class CrateIndex:
         rows = self._db.execute("SELECT *, 0 FROM crates WHERE name = ?", (name,)).fetchall()
         crates = [_crate(row, self.registry_dir) for row in rows]
         return sorted(crates, key=lambda crate: _version_key(crate.version), reverse=True)
+
+    def dependents(self, name: str) -> int:
+        """How many crates here (by name, any version) depend on `name`."""
+        row = self._db.execute("SELECT count FROM dependents WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def most_dependents(self) -> int:
+        row = self._db.execute("SELECT max(count) FROM dependents").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM crates").fetchone()[0])
