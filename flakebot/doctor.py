@@ -20,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from flakebot.crates.sparse import SparseRegistry
 from flakebot.errors import FlakebotError, MachineNotReady
 from flakebot.nix import Nix, current_system
 from flakebot.proc import run, tail, which
@@ -220,7 +221,18 @@ class Doctor:
     def check_registry(self) -> str:
         registry = self.settings.registry
         if registry.source != "local":
-            return f"{registry}: a remote registry; `flakebot search` reports whether it answers"
+            client = SparseRegistry(
+                registry, user_agent=self.settings.user_agent, timeout=10.0, retries=0
+            )
+            try:
+                config = client.config()
+            except FlakebotError as exc:
+                raise _CheckFailed(
+                    exc.message, exc.hint or "check --registry crates-io:URL"
+                ) from None
+            finally:
+                client.close()
+            return f"{registry}: its sparse index answers ({client.index}, downloads {config.dl})"
         directory = Path(registry.location)
         if not directory.is_dir():
             raise _CheckFailed(f"registry directory {directory} does not exist")

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from flakebot.crates.mirror import MirrorServer
 from flakebot.doctor import CHECK_NAMES, Doctor
 from flakebot.settings import Settings
 from tests.conftest import Cli
+from tests.registry_helpers import make_crate
 
 
 def _bin_dir_without(tmp_path: Path, missing: str) -> Path:
@@ -110,3 +112,18 @@ def test_unwritable_home_fails(tmp_path: Path) -> None:
     settings = Settings.from_env({"FLAKEBOT_HOME": str(blocker / "home")})
     (check,) = Doctor(settings).run(["home"]).checks
     assert check.status == "fail" and "not writable" in check.detail
+
+
+def test_a_remote_registry_is_checked_by_its_sparse_index(tmp_path: Path) -> None:
+    make_crate(tmp_path / "registry", "alpha", "1.0.0")
+    with MirrorServer(tmp_path / "registry", tmp_path / "mirror") as server:
+        settings = Settings.from_env(
+            {
+                "FLAKEBOT_HOME": str(tmp_path / "home"),
+                "FLAKEBOT_REGISTRY": f"crates-io:{server.url}",
+            }
+        )
+        (check,) = Doctor(settings).run(["registry"]).checks
+        assert check.status == "ok" and f"{server.url}/index/" in check.detail
+    (check,) = Doctor(settings).run(["registry"]).checks  # the server is gone
+    assert check.status == "fail" and server.url in check.detail and check.hint

@@ -15,15 +15,16 @@ from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, prin
 from flakebot.crates.cargo_toml import package_dir, read_crate
 from flakebot.crates.fetch import dependency_dir
 from flakebot.crates.index import CrateIndex, index_path
+from flakebot.crates.sparse import SparseRegistry, pick_version
 from flakebot.errors import ConfigError
 from flakebot.fork import Forker, fork_ids
 from flakebot.home import check_id
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
-from flakebot.settings import DEBIAN_REGISTRY, parse_registry
+from flakebot.settings import DEBIAN_REGISTRY, Settings, parse_registry
 from flakebot.specs import load_spec
 from flakebot.tester import Tester
-from messages import CrateCandidate, ScoreParts, TestReport
+from messages import CrateCandidate, RegistryRef, ScoreParts, TestReport
 
 NoSandbox = Annotated[
     bool,
@@ -45,10 +46,48 @@ def fork(
     """Fork a crate into a git workspace that builds offline (pruning what the registry lacks)."""
     settings = load_settings()
     source = parse_registry(registry) if registry else settings.registry
-    if source.source != "local":
-        raise ConfigError(
-            f"forks come from a local registry, not {source}", hint="--registry local"
+    run_id = check_id(run) if run else time.strftime("fork-%Y%m%d-%H%M%S")
+    if source.source == "local":
+        candidate = _local_candidate(settings, source, crate, version, run_id)
+    else:
+        index = SparseRegistry(source, user_agent=settings.user_agent)
+        try:
+            entry = pick_version(index.entries(crate), version, what=f"{crate} in {source}")
+        finally:
+            index.close()
+        candidate = CrateCandidate(
+            run_id=run_id,
+            candidate_id=f"c1-{entry.name}",
+            name=entry.name,
+            version=entry.vers,
+            registry=source,
+            score=1.0,
+            score_parts=ScoreParts(relevance=1.0),
         )
+    sandbox = Sandbox.for_registry(
+        Toolchain.find(), dependency_dir(settings.home, source), enabled=not no_sandbox
+    )
+    forker = Forker(settings, sandbox)
+    workspace = forker.fork(candidate)
+    if as_json:
+        print_json(workspace)
+        return
+    out.print(
+        f"Forked {workspace.crate_name} {workspace.crate_version} into {escape(workspace.path)}"
+    )
+    if workspace.source is not None and workspace.source.checksum:
+        out.print(f"  .crate sha256 {workspace.source.checksum}")
+    if workspace.source is not None and workspace.source.note:
+        out.print(f"  [dim]not from upstream: {escape(workspace.source.note)}[/]")
+    out.print(f"  branch {workspace.branch} at {workspace.head_commit[:12]} ({workspace.origin})")
+    out.print(f"  binaries: {', '.join(workspace.bin_names) or 'none'}")
+    for item in workspace.pruned:
+        out.print(f"  [yellow]pruned[/] {item.what} {escape(item.name)}: {escape(item.reason)}")
+
+
+def _local_candidate(
+    settings: Settings, source: RegistryRef, crate: str, version: str | None, run_id: str
+) -> CrateCandidate:
     directory = Path(source.location)
     crate_index = CrateIndex(directory, index_path(settings.home, directory))
     try:
@@ -62,8 +101,7 @@ def fork(
     if chosen is None:
         available = ", ".join(found.version for found in versions)
         raise ConfigError(f"{crate} {version} is not in {directory}; it has {available}")
-    run_id = check_id(run) if run else time.strftime("fork-%Y%m%d-%H%M%S")
-    candidate = CrateCandidate(
+    return CrateCandidate(
         run_id=run_id,
         candidate_id=f"c1-{chosen.name}",
         name=chosen.name,
@@ -77,16 +115,6 @@ def fork(
         score=1.0,
         score_parts=ScoreParts(relevance=1.0),
     )
-    forker = Forker(settings, Sandbox(Toolchain.find(), enabled=not no_sandbox))
-    workspace = forker.fork(candidate)
-    if as_json:
-        print_json(workspace)
-        return
-    out.print(f"Forked {chosen.name} {chosen.version} into {escape(workspace.path)}")
-    out.print(f"  branch {workspace.branch} at {workspace.head_commit[:12]} ({workspace.origin})")
-    out.print(f"  binaries: {', '.join(workspace.bin_names) or 'none'}")
-    for item in workspace.pruned:
-        out.print(f"  [yellow]pruned[/] {item.what} {escape(item.name)}: {escape(item.reason)}")
 
 
 @app.command("test")

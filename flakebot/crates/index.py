@@ -288,10 +288,10 @@ class CrateIndex:
             deps = tuple(Dependency(**dep) for dep in json.loads(dependencies))
             features_table = {key: tuple(value) for key, value in json.loads(features).items()}
             parsed.append((crate_id, name, CrateDeps(parsed_version, deps, features_table)))
-        resolver = Resolver((name, deps) for _, name, deps in parsed)
+        resolver = Resolver((name, crate) for _, name, crate in parsed)
         users: dict[str, set[str]] = {}
-        for _, name, deps in parsed:
-            for dep in deps.dependencies:
+        for _, name, crate in parsed:
+            for dep in crate.dependencies:
                 if dep.name != name:
                     users.setdefault(dep.name, set()).add(name)
         self._db.execute("DELETE FROM dependents")
