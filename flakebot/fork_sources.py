@@ -101,6 +101,7 @@ def _start(
                 version=version,
                 commit=info.sha1 if info else None,
                 timeout=clone_timeout,
+                allow_file=candidate.registry.source == "local",
             )
             differing = differences(
                 crate_dir, path, files, name=candidate.name, subdir=info.path_in_vcs if info else ""

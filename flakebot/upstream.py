@@ -82,9 +82,13 @@ def clone_release(
     version: str,
     commit: str | None,
     timeout: float,
+    allow_file: bool = True,
 ) -> str:
     """Clone `url` into `path` with `branch` at the release; returns the commit. Raises
-    UpstreamUnusable (and leaves nothing at `path`) when it cannot."""
+    UpstreamUnusable (and leaves nothing at `path`) when it cannot. `allow_file` is False for a
+    crate that came off the network: it may not make Flakebot copy a repository of this host."""
+    if not allow_file and urlparse(url).scheme not in _PORTS:
+        raise UpstreamUnusable(f"{url} is not a network repository (https, http or git)")
     if not reachable(url, timeout=min(5.0, timeout)):
         raise UpstreamUnusable(f"{url} is not reachable")
     deadline = time.monotonic() + timeout

@@ -219,3 +219,27 @@ def test_a_fork_clones_upstream_at_the_commit_the_crate_was_packaged_from(
     assert (Path(workspace.path) / "src/lib.rs").read_text() == (
         "pub fn released() {}\npub fn documented() {}\n"
     )
+
+
+def test_a_crate_from_the_network_cannot_make_flakebot_clone_a_local_repository(
+    settings: Settings, tmp_path: Path
+) -> None:
+    private = tmp_path / "private"
+    make_crate(tmp_path, "nosy", "0.1.0", files={"src/lib.rs": ""})
+    (tmp_path / "nosy-0.1.0").rename(private)
+    commit_tree(pygit2.init_repository(str(private), initial_head="main"), "private")
+    data = crate_tarball(
+        "nosy", "0.1.0", {"Cargo.toml": (private / "Cargo.toml").read_bytes(), "src/lib.rs": b""}
+    )
+    url = f"file://{private}"
+    manifest = {"package": {"name": "nosy", "version": "0.1.0", "repository": url}}
+    with StaticRegistry(tmp_path / "static") as static:
+        static.publish("nosy", "0.1.0", data, manifest)
+        registry = RegistryRef(source="crates-io", location=static.url)
+        candidate = remote_candidate(registry, "nosy", "0.1.0").model_copy(
+            update={"repository": url}
+        )
+        workspace = remote_forker(settings, registry).fork(candidate)
+    assert workspace.origin == "registry-source" and workspace.source is not None
+    assert workspace.source.note and "not a network repository" in workspace.source.note
+    assert "origin" not in list(pygit2.Repository(workspace.path).remotes.names())

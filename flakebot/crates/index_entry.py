@@ -46,8 +46,8 @@ class IndexEntry(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str
-    vers: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    vers: str = Field(pattern=r"^[0-9A-Za-z.+-]{1,64}$")
     deps: list[IndexDep] = Field(default_factory=list)
     cksum: str = Field(pattern=r"^[0-9a-f]{64}$")
     features: dict[str, list[str]] = Field(default_factory=dict)

@@ -12,6 +12,7 @@ them. For crates.io the index lives at https://index.crates.io/; for any other r
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,7 +121,9 @@ class SparseRegistry:
                 ) from None
             if self._saved_config is not None:  # the deployer's stand-in reads `dl` from it
                 self._saved_config.parent.mkdir(parents=True, exist_ok=True)
-                self._saved_config.write_text(self._config.model_dump_json())
+                temporary = self._saved_config.with_suffix(f".{os.getpid()}.tmp")
+                temporary.write_text(self._config.model_dump_json())
+                temporary.replace(self._saved_config)
         return self._config
 
     def entries(self, name: str) -> list[IndexEntry]:
