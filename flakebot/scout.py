@@ -26,10 +26,17 @@ from typing import assert_never
 import httpx
 import structlog
 
-from flakebot.crates.api import CrateDetail, CratesIoClient, CrateSummary, DiskCache
+from flakebot.crates.api import (
+    PROCESS_LIMITER,
+    CrateDetail,
+    CratesIoClient,
+    CrateSummary,
+    DiskCache,
+    RateLimiter,
+)
 from flakebot.crates.index import CrateIndex, IndexedCrate, index_path
 from flakebot.errors import CrateNotFound
-from flakebot.settings import Settings
+from flakebot.settings import CRATES_IO_API, Settings
 from messages import CrateCandidate, CrateQuery, RegistryRef, ScoreParts
 
 log = structlog.get_logger()
@@ -45,6 +52,7 @@ WEIGHTS = {
 NAMED_LEAD = 0.85  # the best text match without the crate's name, against a named crate's 1
 QUERY_DECAY = 0.9  # each later query in a CrateQuery counts this much less than the one before
 CACHE_TTL_S = 24 * 3600.0
+OTHER_REGISTRIES_LIMITER = RateLimiter(0.1)
 
 _PERMISSIVE = {
     "mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "isc", "zlib", "unlicense", "0bsd",
@@ -194,11 +202,15 @@ class Scout:
         ]
 
     def crates_io_client(self, registry: RegistryRef) -> CratesIoClient:
+        """crates.io's crawler policy (one request a second) for crates.io; other registries
+        (a mirror, `registry serve`) are asked at most ten times a second."""
+        crates_io = registry.location.rstrip("/") == CRATES_IO_API
         return CratesIoClient(
             base_url=registry.location,
             user_agent=self.settings.user_agent,
             http=self._http,
             cache=DiskCache(self.settings.home / "cache" / "crates-io", CACHE_TTL_S),
+            limiter=PROCESS_LIMITER if crates_io else OTHER_REGISTRIES_LIMITER,
         )
 
     async def _scout_crates_io(self, query: CrateQuery) -> list[CrateCandidate]:

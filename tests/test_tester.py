@@ -274,7 +274,8 @@ def test_a_virtual_workspace_member_forks_tests_and_deploys(
         checksum.unlink()
     tag_upstream(upstream, "0.3.0")
     registry = tmp_path / "registry"
-    make_crate(registry, "tiny", "0.3.0", files={"src/main.rs": "fn main() {}\n"})
+    published = 'fn main() { println!("{}", helper::shout("tiny")); }\n'  # as upstream has it
+    make_crate(registry, "tiny", "0.3.0", files={"src/main.rs": published})
     local = RegistryRef(source="local", location=str(registry))
     confined = Sandbox(sandbox.toolchain, read_only=(registry,))
     forker = Forker(shared_settings, confined)
