@@ -12,7 +12,6 @@ shows.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +20,9 @@ from pathlib import Path
 import pygit2
 import structlog
 
-from flakebot import fork_files
 from flakebot.crates.cargo_toml import read_crate
 from flakebot.crates.crate_file import unpack
-from flakebot.crates.fetch import Fetcher
+from flakebot.crates.fetch import Fetcher, package_checksum
 from flakebot.errors import ForkError, ManifestError
 from flakebot.upstream import UpstreamUnusable, clone_release, differences, vcs_info
 from messages import CrateCandidate, CrateSource
@@ -49,7 +47,7 @@ def from_directory(
 ) -> Started:
     """Start a fork from a directory registry's crate."""
     crate_dir = registry_source(Path(candidate.registry.location), candidate)
-    checksum = _directory_checksum(crate_dir)
+    checksum = package_checksum(crate_dir)
     files = _files(crate_dir)
     return _start(
         candidate, crate_dir, files, path, branch, candidate.version, checksum, clone_timeout
@@ -149,15 +147,6 @@ def _repository(crate_dir: Path) -> str | None:
         return read_crate(crate_dir).repository
     except ManifestError:
         return None
-
-
-def _directory_checksum(crate_dir: Path) -> str | None:
-    text = fork_files.read_text(crate_dir, ".cargo-checksum.json")
-    try:
-        value = json.loads(text or "{}").get("package")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, str) and len(value) == 64 else None
 
 
 def _files(crate_dir: Path) -> list[str]:

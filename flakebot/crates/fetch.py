@@ -106,7 +106,7 @@ class Fetcher:
         for name, version, checksum in locked_crates(lock_text):
             entry = self.vendor_dir / f"{name}-{version}"
             if entry.is_dir():
-                present = _package_checksum(entry)
+                present = package_checksum(entry)
                 if present == checksum:
                     continue
                 raise CrateRejected(
@@ -128,7 +128,7 @@ class Fetcher:
                 try:
                     unpacked.rename(entry)
                 except OSError:  # another fork put it there first: it must be the same crate
-                    if _package_checksum(entry) != checksum:
+                    if package_checksum(entry) != checksum:
                         raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -165,10 +165,11 @@ def locked_crates(lock_text: str) -> list[tuple[str, str, str]]:
     return found
 
 
-def _package_checksum(entry: Path) -> str | None:
+def package_checksum(entry: Path) -> str | None:
+    """The `package` sha256 a directory registry's `.cargo-checksum.json` records, if any."""
     text = fork_files.read_text(entry, ".cargo-checksum.json")
     try:
         value = json.loads(text or "{}").get("package")
     except (json.JSONDecodeError, AttributeError):
         return None
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) else None

@@ -57,16 +57,20 @@ class IndexEntry(BaseModel):
     v: int = 1
 
 
+def directory_prefix(name: str) -> str:
+    """cargo's directory prefix of a crate name, in its own case: `1`, `2`, `3/a`, `ab/cd`."""
+    if len(name) <= 2:
+        return str(len(name))
+    if len(name) == 3:
+        return f"3/{name[0]}"
+    return f"{name[:2]}/{name[2:4]}"
+
+
 def index_file_path(name: str) -> str:
     """Where a crate's entries live in an index: `1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd...`."""
     if not _NAME.match(name):
         raise ValueError(f"{name!r} is not a crate name")
-    lower = name.lower()
-    if len(lower) <= 2:
-        return f"{len(lower)}/{lower}"
-    if len(lower) == 3:
-        return f"3/{lower[0]}/{lower}"
-    return f"{lower[:2]}/{lower[2:4]}/{lower}"
+    return f"{directory_prefix(name.lower())}/{name.lower()}"
 
 
 def entry_of(manifest: Mapping[str, object], cksum: str, *, yanked: bool = False) -> IndexEntry:

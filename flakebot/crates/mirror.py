@@ -32,7 +32,6 @@ import structlog
 from flakebot.crates.crate_file import pack, sha256
 from flakebot.crates.index import CrateIndex, IndexedCrate, index_path
 from flakebot.crates.index_entry import entry_of, index_file_path
-from flakebot.crates.semver import SemverError, Version
 from flakebot.errors import ConfigError
 from flakebot.fork_files import read_regular
 
@@ -91,7 +90,7 @@ class Mirror:
         if not versions:
             return None
         lines = []
-        for crate in sorted(versions, key=lambda c: _key(c.version)):  # oldest first, as crates.io
+        for crate in reversed(versions):  # oldest first, as crates.io's index
             data = self.crate_file(crate.name, crate.version)
             manifest = read_regular(crate.path / "Cargo.toml")
             if data is None or manifest is None:
@@ -177,13 +176,6 @@ class Mirror:
             "badges": [],
             "links": {"versions": f"/api/v1/crates/{crate.name}/versions"},
         }
-
-
-def _key(version: str) -> tuple[int, Version | str]:
-    try:
-        return (1, Version.parse(version))
-    except SemverError:
-        return (0, version)
 
 
 def _mtime(path: Path) -> str:

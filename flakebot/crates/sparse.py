@@ -22,7 +22,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flakebot.crates.crate_file import CrateRejected, sha256
-from flakebot.crates.index_entry import IndexEntry, index_file_path
+from flakebot.crates.index_entry import IndexEntry, directory_prefix, index_file_path
 from flakebot.crates.semver import SemverError, Version, VersionReq
 from flakebot.errors import CrateNotFound, RegistryUnavailable
 from flakebot.settings import CRATES_IO_API
@@ -53,7 +53,7 @@ def download_url(template: str, name: str, version: str, checksum: str) -> str:
     """A crate's download URL from the index's `dl` template, as cargo expands it."""
     if not any(marker in template for marker in _MARKERS):
         return f"{template.rstrip('/')}/{name}/{version}/download"
-    prefix = _prefix(name)
+    prefix = directory_prefix(name)
     values = {
         "{crate}": name,
         "{version}": version,
@@ -64,15 +64,6 @@ def download_url(template: str, name: str, version: str, checksum: str) -> str:
     for marker, value in values.items():
         template = template.replace(marker, value)
     return template
-
-
-def _prefix(name: str) -> str:
-    """cargo's directory prefix of a crate name, in the name's own case."""
-    if len(name) <= 2:
-        return str(len(name))
-    if len(name) == 3:
-        return f"3/{name[0]}"
-    return f"{name[:2]}/{name[2:4]}"
 
 
 class SparseRegistry:
