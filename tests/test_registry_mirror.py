@@ -18,14 +18,15 @@ import httpx
 import pytest
 
 from flakebot.crates.api import CratesIoClient, RateLimiter
-from flakebot.crates.crate_file import CrateRejected, sha256
+from flakebot.crates.crate_file import CrateRejected, pack, sha256
 from flakebot.crates.fetch import Fetcher, locked_crates
 from flakebot.crates.index_entry import index_file_path
 from flakebot.crates.mirror import MirrorServer
 from flakebot.crates.sparse import SparseRegistry, download_url, index_url, pick_version
 from flakebot.errors import CrateNotFound, ForkError, RegistryUnavailable
 from messages import RegistryRef
-from tests.registry_helpers import make_crate
+from tests.conftest import Cli
+from tests.registry_helpers import StaticRegistry, make_crate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "crates_io"
 UA = "flakebot/test (ops@example.org)"
@@ -295,3 +296,27 @@ def test_registry_serve_on_the_command_line(tmp_path: Path) -> None:
         process.wait(timeout=10)
         assert process.stdout is not None
         process.stdout.close()
+
+
+def test_the_cli_names_a_yanked_only_or_tampered_crate_in_one_line(
+    cli: Cli, home: Path, tmp_path: Path
+) -> None:
+    with MirrorServer(registry(tmp_path), tmp_path / "mirror", yanked=["beta@0.3.2"]) as server:
+        yanked = cli("fork", "beta", "--registry", f"crates-io:{server.url}")
+    assert yanked.code == 3 and "Traceback" not in yanked.stderr
+    errors = [line for line in yanked.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "every version of beta" in errors[0] and "yanked" in errors[0]
+
+    crate = make_crate(tmp_path / "plain", "tidy", "0.1.0")
+    manifest = {"package": {"name": "tidy", "version": "0.1.0"}}
+    with StaticRegistry(tmp_path / "static") as static:
+        static.publish("tidy", "0.1.0", pack(crate, "tidy", "0.1.0"), manifest)
+        served_file = tmp_path / "static" / "crates" / "tidy-0.1.0.crate"
+        (crate / "src" / "lib.rs").write_text("pub fn injected() {}\n")
+        served_file.write_bytes(pack(crate, "tidy", "0.1.0"))  # replaced behind the index's back
+        tampered = cli("fork", "tidy", "--registry", f"crates-io:{static.url}", "--run", "tamper")
+    assert tampered.code == 3 and "Traceback" not in tampered.stderr
+    assert "does not match the registry's checksum" in tampered.stderr
+    assert not (home / "workspaces" / "tamper").exists() or not any(
+        (home / "workspaces" / "tamper").iterdir()
+    )
