@@ -118,7 +118,8 @@ class Forker:
                 client.close()
         origin = start.origin
         workspace = self.describe(candidate, path, origin=origin, pruned=pruned)
-        workspace = workspace.model_copy(update={"source": start.source})
+        cloned = start.source.upstream_repository if origin == "upstream-clone" else None
+        workspace = workspace.model_copy(update={"source": start.source, "upstream_url": cloned})
         record.save_fork(candidate, workspace)
         log.info(
             "crate_forked",

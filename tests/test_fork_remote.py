@@ -214,6 +214,7 @@ def test_a_fork_clones_upstream_at_the_commit_the_crate_was_packaged_from(
         assert first_commit.message.startswith("upstream: upstreamed 0.1.0")
         return
     assert workspace.origin == "upstream-clone" and source.upstream_commit == released
+    assert workspace.upstream_url == url
     history = [str(c.id) for c in fork.walk(fork.head.target)]
     assert released in history and first in history  # the real history, not the tag's
     assert (Path(workspace.path) / "src/lib.rs").read_text() == (
