@@ -320,3 +320,16 @@ def test_the_cli_names_a_yanked_only_or_tampered_crate_in_one_line(
     assert not (home / "workspaces" / "tamper").exists() or not any(
         (home / "workspaces" / "tamper").iterdir()
     )
+
+
+def test_a_download_larger_than_the_limit_is_cut_off(served: MirrorServer) -> None:
+    def endless(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/download"):
+            return httpx.Response(200, content=iter([b"\0" * 65536] * 64))  # 4 MiB, streamed
+        return httpx.get(str(request.url))
+
+    transport = httpx.MockTransport(endless)
+    sparse = client(served, http=httpx.Client(transport=transport), max_crate_bytes=2**20)
+    entry = sparse.entries("beta")[0]
+    with pytest.raises(RegistryUnavailable, match="sent more than 1 MiB; refusing the rest"):
+        sparse.download("beta", "0.3.2", entry.cksum)

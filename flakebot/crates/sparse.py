@@ -32,6 +32,7 @@ log = structlog.get_logger()
 
 CRATES_IO_INDEX = "https://index.crates.io/"
 MAX_CRATE_BYTES = 200 * 1024 * 1024
+MAX_INDEX_BYTES = 32 * 1024 * 1024  # serde's whole index file is under 1 MiB
 _MARKERS = ("{crate}", "{version}", "{prefix}", "{lowerprefix}", "{sha256-checksum}")
 
 
@@ -76,6 +77,7 @@ class SparseRegistry:
         user_agent: str,
         http: httpx.Client | None = None,
         saved_config: Path | None = None,
+        max_crate_bytes: int = MAX_CRATE_BYTES,
         timeout: float = 20.0,
         retries: int = 2,
         sleep: Callable[[float], None] = time.sleep,
@@ -90,6 +92,7 @@ class SparseRegistry:
         self._sleep = sleep
         self._config: RegistryConfig | None = None
         self._saved_config = saved_config
+        self._max_crate_bytes = max_crate_bytes
 
     def close(self) -> None:
         if self._owns_http:
@@ -97,15 +100,15 @@ class SparseRegistry:
 
     def config(self) -> RegistryConfig:
         if self._config is None:
-            response = self._get(self.index + "config.json")
-            if response.status_code != 200:
+            status, body = self._get(self.index + "config.json", limit=MAX_INDEX_BYTES)
+            if status != 200:
                 raise RegistryUnavailable(
-                    f"{self.index}config.json answered {response.status_code}",
+                    f"{self.index}config.json answered {status}",
                     hint="is this a crates.io-protocol registry? `flakebot registry serve DIR` "
                     "serves one",
                 )
             try:
-                self._config = RegistryConfig.model_validate_json(response.content)
+                self._config = RegistryConfig.model_validate_json(body)
             except ValidationError:
                 raise RegistryUnavailable(
                     f"{self.index}config.json is not a registry configuration"
@@ -123,13 +126,14 @@ class SparseRegistry:
             path = index_file_path(name)
         except ValueError:
             raise CrateNotFound(f"{name!r} is not a crate name") from None
-        response = self._get(self.index + path)
-        if response.status_code in (404, 410, 451):
+        status, body = self._get(self.index + path, limit=MAX_INDEX_BYTES)
+        if status in (404, 410, 451):
             raise CrateNotFound(f"{self.registry} has no crate named {name!r}")
-        if response.status_code != 200:
-            raise RegistryUnavailable(f"{self.index}{path} answered {response.status_code}")
+        if status != 200:
+            raise RegistryUnavailable(f"{self.index}{path} answered {status}")
         entries = []
-        for number, line in enumerate(response.text.splitlines(), start=1):
+        text = body.decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -141,14 +145,9 @@ class SparseRegistry:
     def download(self, name: str, version: str, checksum: str) -> bytes:
         """The `.crate` of `name` `version`, refused unless its sha256 is `checksum`."""
         url = download_url(self.config().dl, name, version, checksum)
-        response = self._get(url)
-        if response.status_code != 200:
-            raise RegistryUnavailable(
-                f"downloading {name} {version} from {url} answered {response.status_code}"
-            )
-        data = response.content
-        if len(data) > MAX_CRATE_BYTES:
-            raise CrateRejected(f"the .crate of {name} {version} is larger than 200 MiB")
+        status, data = self._get(url, limit=self._max_crate_bytes)
+        if status != 200:
+            raise RegistryUnavailable(f"downloading {name} {version} from {url} answered {status}")
         actual = sha256(data)
         if actual != checksum:
             raise CrateRejected(
@@ -159,19 +158,22 @@ class SparseRegistry:
             )
         return data
 
-    def _get(self, url: str) -> httpx.Response:
+    def _get(self, url: str, *, limit: int) -> tuple[int, bytes]:
+        """GET with retries on timeouts, 429 and 5xx; the body is read up to `limit` bytes."""
         problem = ""
         for attempt in range(self._retries + 1):
             try:
-                response = self._http.get(url, headers=self._headers, timeout=self._timeout)
+                with self._http.stream(
+                    "GET", url, headers=self._headers, timeout=self._timeout
+                ) as response:
+                    status = response.status_code
+                    if status != 429 and status < 500:
+                        return status, _read_capped(response, url, limit)
+                    problem = f"HTTP {status}"
             except httpx.TimeoutException as exc:
                 problem = f"it did not answer within {self._timeout:g} s ({type(exc).__name__})"
             except httpx.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code != 429 and response.status_code < 500:
-                    return response
-                problem = f"HTTP {response.status_code}"
             if attempt < self._retries:
                 log.warning("registry_request_retried", url=url, problem=problem)
                 self._sleep(0.5 * 2**attempt)
@@ -180,6 +182,18 @@ class SparseRegistry:
             f"({self._retries + 1} tries)",
             hint="check the network and the registry URL, or use --registry local",
         )
+
+
+def _read_capped(response: httpx.Response, url: str, limit: int) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise RegistryUnavailable(
+                f"{url} sent more than {limit // 2**20} MiB; refusing the rest",
+                hint="a registry file that large is broken or hostile",
+            )
+    return bytes(body)
 
 
 def pick_version(entries: list[IndexEntry], wanted: str | None, *, what: str) -> IndexEntry:
