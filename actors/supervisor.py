@@ -14,6 +14,7 @@ import ray
 from actors.roles import RayRoles
 from flakebot.crates.fetch import dependency_dir
 from flakebot.errors import RunFailed
+from flakebot.journal import Journal
 from flakebot.logs import bind_context
 from flakebot.recorder import Recorder
 from flakebot.runplan import RunPlan
@@ -39,7 +40,11 @@ class SupervisorActor:
         bind_context(actor="supervisor", run_id=run_id)
         settings = Settings.from_env()
         self.record = RunRecord(settings.home, run_id)
-        self.recorder = Recorder(run_id, self.record.directory / "journal.jsonl")
+        self.recorder = Recorder(
+            run_id,
+            self.record.directory / "journal.jsonl",
+            journal=Journal(settings.journal_path),
+        )
         directory = dependency_dir(settings.home, registry)  # what the testers' cargo reads
         read_only = [] if directory.is_relative_to("/usr") else [str(directory)]
         code_step = plan.step("code")

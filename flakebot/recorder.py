@@ -1,9 +1,10 @@
 """The run's recorder: every message of a run, in order, with a time, append-only.
 
 The supervisor passes each step's input and output through `record` before the next step starts;
-`event` adds a RunEvent (progress, a backtrack and why). The history is kept in memory and appended
-to FLAKEBOT_HOME/runs/<run>/journal.jsonl (0600, secrets masked), so a durable journal with
-resume can build on it without touching the roles.
+`event` adds a RunEvent (progress, a backtrack and why). The history is kept in memory, committed
+to the durable journal (flakebot.journal: SQLite under FLAKEBOT_HOME, what `flakebot status`
+reads) and appended to FLAKEBOT_HOME/runs/<run>/journal.jsonl (0600, secrets masked), the same
+history as JSON lines.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flakebot.home import append_private
+from flakebot.journal import Journal
 from flakebot.redact import redact
 from messages import AnyMessage, RunEvent, dump_message
 from messages.run import Scalar
@@ -31,10 +33,12 @@ class Recorder:
         run_id: str,
         path: Path | None = None,
         on_event: Callable[[RunEvent], None] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.run_id = run_id
         self.path = path
         self.on_event = on_event
+        self.journal = journal
         self._lock = threading.Lock()
         self.entries: list[tuple[float, AnyMessage]] = []
         self._events = 0
@@ -43,6 +47,8 @@ class Recorder:
         with self._lock:
             at = time.time()
             self.entries.append((at, message))
+            if self.journal is not None:
+                self.journal.append(self.run_id, message, at=at)
             if self.path is not None:
                 line = json.dumps({"at": at, "message": json.loads(dump_message(message))})
                 append_private(self.path, redact(line))

@@ -26,6 +26,7 @@ import ray
 from flakebot.driver import Flakebot
 from flakebot.errors import RunFailed
 from flakebot.janitor import Janitor
+from flakebot.journal import Journal
 from flakebot.proc import run
 from flakebot.settings import Settings
 from messages import (
@@ -90,6 +91,11 @@ def test_end_to_end_on_hexyl(ray_home: Settings) -> None:
     seen = {message.kind for message in recorded}
     assert {"tool_spec", "crate_query", "crate_candidate", "workspace", "candidate_result",
             "deployment", "tool_manifest", "run_event"} <= seen  # fmt: skip
+    durable = Journal(ray_home.journal_path)  # the same history, committed to SQLite
+    row = durable.run(manifest.run_id)
+    assert row is not None and row.state == "finished" and row.tool == "hexview"
+    assert [entry.message for entry in durable.entries(manifest.run_id)] == recorded
+    durable.close()
     report = Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
     assert report.failures == [] and not (ray_home.workspaces_dir / manifest.run_id).exists()
     assert set(os.listdir("/nix/store")) <= store_before  # what the run added is gone

@@ -192,6 +192,6 @@ def main() -> None:
 
 
 # The commands register themselves on `app` when their modules are imported.
-from flakebot.cli import coding, crates, deploying, forks, running, system  # noqa: E402
+from flakebot.cli import coding, crates, deploying, forks, running, status, system  # noqa: E402
 
-__all__ = ["app", "coding", "crates", "deploying", "forks", "main", "running", "system"]
+__all__ = ["app", "coding", "crates", "deploying", "forks", "main", "running", "status", "system"]
