@@ -74,6 +74,9 @@ class ScoutActor:
         return await self.role.scout_crates(CrateQuery.model_validate(query))
 
 
+TESTER_RESTARTS = 2
+
+
 @ray.remote(num_cpus=0, resources={"cargo": 1})
 class TesterActor:
     """Runs cargo for one candidate; holds one of its node's cargo slots while it lives."""
@@ -315,7 +318,14 @@ class RayRoles:
     async def _coder_and_tester(self, candidate_id: str, node_id: str | None) -> Handle:
         """A tester (holding a cargo slot) and a coder on the tester's node; returns the coder."""
         known = self.candidates.setdefault(candidate_id, _Candidate(node_id=node_id))
-        options: dict[str, Any] = {"name": self._name(f"{candidate_id}/tester")}
+        # A tester whose worker dies (killed, out of memory) is restarted and its test retried:
+        # `test` is idempotent (cargo on the fork's commit), so a lost build costs a rebuild,
+        # not the candidate. `ray.kill` (cancelling a candidate) never restarts it.
+        options: dict[str, Any] = {
+            "name": self._name(f"{candidate_id}/tester"),
+            "max_restarts": TESTER_RESTARTS,
+            "max_task_retries": TESTER_RESTARTS,
+        }
         if node_id is not None:
             options["scheduling_strategy"] = _on(node_id)
         tester = TesterActor.options(**options).remote(self.read_only)  # type: ignore[attr-defined]

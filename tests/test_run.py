@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -356,3 +357,45 @@ def test_build_many_returns_every_result_whichever_requests_fail(
     assert "backreferences" in bad_pattern.failure.reason or "\\1" in bad_pattern.failure.reason
     assert cargo_slots_all_free()
     Janitor(ray_home).clean(CleanupRequest(run_id=good.run_id))
+
+
+SLOW_BUILD = "fn main() { std::thread::sleep(std::time::Duration::from_secs(8)); }\n"
+
+
+def test_a_tester_whose_worker_dies_mid_build_is_restarted_and_the_run_deploys(
+    ray_home: Settings, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    make_crate(
+        registry,
+        "slowhex",
+        "0.1.0",
+        description="hex dump tool",
+        files={"build.rs": SLOW_BUILD, "src/main.rs": QUICKHEX},
+    )
+    killed: list[int] = []
+
+    def kill_the_tester_mid_build() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            building = run(["pgrep", "-f", "slowhex-.*/build-script-build"], timeout=10)
+            testers = run(["pgrep", "-f", "^ray::TesterActor"], timeout=10).stdout.split()
+            if building.returncode == 0 and len(testers) == 1:  # the run's only tester
+                os.kill(int(testers[0]), signal.SIGKILL)  # its worker process, not ray.kill
+                killed.append(int(testers[0]))
+                return
+            time.sleep(0.3)
+
+    killer = threading.Thread(target=kill_the_tester_mid_build, daemon=True)
+    killer.start()
+    events: list[RunEvent] = []
+    bot = Flakebot(registry=f"local:{registry}", candidates=1, settings=ray_home)
+    manifest = bot.build(hexdump_spec(preferred_crates=["slowhex"]), on_event=events.append)
+    killer.join()
+    assert killed, "the tester's build was never seen"
+    assert manifest.provenance.crate_name == "slowhex" and manifest.store_path
+    assert not [e for e in events if e.event == "candidate_failed"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed[0], 0)
+    assert cargo_slots_all_free()
+    Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
