@@ -76,21 +76,16 @@ def make_offline(
     _replace_cargo_dir(path)
     registry = candidate.registry
     remote = registry.source != "local"
+    writable: list[Path] = []  # a remote registry: cargo's index cache, shared across runs
     if remote:
         fork_files.write_text(path, ".cargo/config.toml", resolving_config(registry))
-        shared = cargo_home(home, registry)
-        shared.mkdir(parents=True, exist_ok=True)
-        options: dict[str, object] = {
-            "network": True,
-            "writable": [shared],
-            "env": {"CARGO_HOME": str(shared)},
-        }
+        writable.append(cargo_home(home, registry))
+        writable[0].mkdir(parents=True, exist_ok=True)
         command = ["cargo", "generate-lockfile"]
     else:
         fork_files.write_text(
             path, ".cargo/config.toml", directory_config(Path(registry.location).resolve())
         )
-        options = {}
         command = ["cargo", "generate-lockfile", "--offline"]
     fork_files.remove(path, "Cargo.lock")
     where = registry.location if remote else str(Path(registry.location).resolve())
@@ -101,7 +96,9 @@ def make_offline(
             workdir=path,
             target_dir=target,
             timeout=LOCK_TIMEOUT_S,
-            **options,  # type: ignore[arg-type]
+            network=remote,
+            writable=writable,
+            env={"CARGO_HOME": str(writable[0])} if remote else None,
         )
         if done.ok:
             break
