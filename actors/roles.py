@@ -74,7 +74,7 @@ class ScoutActor:
         return await self.role.scout_crates(CrateQuery.model_validate(query))
 
 
-TESTER_RESTARTS = 2
+RESTARTS = 2  # a tester's or coder's worker process may die this often
 
 
 @ray.remote(num_cpus=0, resources={"cargo": 1})
@@ -318,13 +318,15 @@ class RayRoles:
     async def _coder_and_tester(self, candidate_id: str, node_id: str | None) -> Handle:
         """A tester (holding a cargo slot) and a coder on the tester's node; returns the coder."""
         known = self.candidates.setdefault(candidate_id, _Candidate(node_id=node_id))
-        # A tester whose worker dies (killed, out of memory) is restarted and its test retried:
-        # `test` is idempotent (cargo on the fork's commit), so a lost build costs a rebuild,
-        # not the candidate. `ray.kill` (cancelling a candidate) never restarts it.
+        # A tester or coder whose worker dies (killed, out of memory) is restarted and its call
+        # retried. `test` is idempotent (cargo on the fork's commit), so a lost build costs a
+        # rebuild, not the candidate; `develop` goes on from the journal (the fork, its last
+        # reported commit, the model replies already given). `ray.kill` (cancelling a
+        # candidate) never restarts either.
         options: dict[str, Any] = {
             "name": self._name(f"{candidate_id}/tester"),
-            "max_restarts": TESTER_RESTARTS,
-            "max_task_retries": TESTER_RESTARTS,
+            "max_restarts": RESTARTS,
+            "max_task_retries": RESTARTS,
         }
         if node_id is not None:
             options["scheduling_strategy"] = _on(node_id)
@@ -332,7 +334,10 @@ class RayRoles:
         known.actors.append(tester)
         known.node_id = await answer(tester.node_id.remote(), f"tester of {candidate_id}")
         coder = CoderActor.options(  # type: ignore[attr-defined]
-            scheduling_strategy=_on(known.node_id), name=self._name(f"{candidate_id}/coder")
+            scheduling_strategy=_on(known.node_id),
+            name=self._name(f"{candidate_id}/coder"),
+            max_restarts=RESTARTS,
+            max_task_retries=RESTARTS,
         ).remote(self.model_ref, tester, self.max_attempts, self.budget)
         known.actors.append(coder)
         known.coder = coder

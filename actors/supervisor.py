@@ -1,7 +1,10 @@
 """The supervisor actor: runs one request's plan with the role actors, and answers progress polls.
 
-`run` drives flakebot.supervisor.Supervisor over RayRoles and returns the manifest or the
-step_failed message the run ended with (never raises for a failed run); `events(since)` returns
+It is made from the run's RunStarted message (model, registry, plan, candidates: recorded first
+in the journal, so `flakebot resume` makes the same supervisor again). `run` drives
+flakebot.supervisor.Supervisor over RayRoles and returns the manifest or the step_failed message
+the run ended with (never raises for a failed run), from the start or, with `resume`, from the
+run's journal; `events(since)` returns
 the recorder's events from `since` on, so a driver shows progress while the run goes on (an async
 actor serves both at once). While `run` runs, this process holds the run's lock: `flakebot clean
 --all` leaves the run alone, and a crash releases the lock with the process.
@@ -13,39 +16,34 @@ import ray
 
 from actors.roles import RayRoles
 from flakebot.crates.fetch import dependency_dir
-from flakebot.errors import RunFailed
+from flakebot.errors import RunBusy, RunFailed
 from flakebot.journal import Journal
 from flakebot.logs import bind_context
 from flakebot.recorder import Recorder
+from flakebot.resume import RunHistory, fork_head
 from flakebot.runplan import RunPlan
 from flakebot.runstate import RunRecord
-from flakebot.settings import ModelRef, Settings
+from flakebot.settings import Settings, parse_model
 from flakebot.supervisor import Supervisor
-from messages import RegistryRef, RunEvent, StepFailed, ToolManifest, ToolRequest, ToolSpec
+from messages import RunEvent, RunStarted, StepFailed, ToolManifest, ToolRequest, ToolSpec
 
 
 @ray.remote(num_cpus=0)
 class SupervisorActor:
-    def __init__(
-        self,
-        run_id: str,
-        model_ref: ModelRef | None,
-        registry: RegistryRef,
-        plan: RunPlan,
-        candidates: int,
-        all_candidates: bool,
-        run_timeout: float | None = None,
-        heartbeat_s: float = 30.0,
-    ) -> None:
+    def __init__(self, started: RunStarted) -> None:
+        started = RunStarted.model_validate(started)
+        run_id = started.run_id
         bind_context(actor="supervisor", run_id=run_id)
         settings = Settings.from_env()
+        self.settings = settings
         self.record = RunRecord(settings.home, run_id)
+        self.journal = Journal(settings.journal_path)
         self.recorder = Recorder(
-            run_id,
-            self.record.directory / "journal.jsonl",
-            journal=Journal(settings.journal_path),
+            run_id, self.record.directory / "journal.jsonl", journal=self.journal
         )
-        directory = dependency_dir(settings.home, registry)  # what the testers' cargo reads
+        plan = RunPlan.model_validate(started.plan)
+        model_ref = parse_model(started.model) if started.model else None
+        directory = dependency_dir(settings.home, started.registry)  # what the testers' cargo reads
         read_only = [] if directory.is_relative_to("/usr") else [str(directory)]
         code_step = plan.step("code")
         self.roles = RayRoles(
@@ -54,20 +52,33 @@ class SupervisorActor:
         self.supervisor = Supervisor(
             roles=self.roles,
             recorder=self.recorder,
-            registry=registry,
+            registry=started.registry,
             plan=plan,
-            candidates=candidates,
-            all_candidates=all_candidates,
-            run_timeout=run_timeout,
-            heartbeat_s=heartbeat_s,
+            candidates=started.candidates,
+            all_candidates=started.all_candidates,
+            run_timeout=started.run_timeout_s,
+            heartbeat_s=started.heartbeat_s,
+            started=started,
+            fork_head=lambda candidate_id: fork_head(settings.home, run_id, candidate_id),
         )
 
-    async def run(self, request: ToolRequest | ToolSpec) -> ToolManifest | StepFailed:
+    async def run(
+        self, request: ToolRequest | ToolSpec, resume: bool = False
+    ) -> ToolManifest | StepFailed:
         """The run's manifest, or the step_failed message it ended with; the run is marked in
-        progress (its lock held by this process) until then."""
+        progress (its lock held by this process) until then. With `resume`, the run goes on
+        from its journal."""
+        run_id = self.record.run_id
         try:
-            with self.record.active():
-                return await self.supervisor.run(request)
+            with self.record.active(wait=not resume):
+                history = None
+                if resume:  # the driver checked that it can go on; this process now holds it
+                    messages = [entry.message for entry in self.journal.entries(run_id)]
+                    history = RunHistory.of(run_id, messages)
+                    self.recorder.go_on_from(messages)
+                return await self.supervisor.run(request, history)
+        except RunBusy as exc:  # another process resumed it first: leave the run alone
+            return StepFailed(run_id=run_id, step="plan", error_type="RunBusy", reason=exc.message)
         except RunFailed as exc:
             return exc.failure
         finally:

@@ -40,9 +40,11 @@ from flakebot.edits import apply_proposal
 from flakebot.errors import BudgetExceeded, ManifestError, ModelReplyInvalid, ModelUnavailable
 from flakebot.failures import report_outcome
 from flakebot.fork import Forker
+from flakebot.journal import Journal
 from flakebot.models import CallContext, ChatMessage, Model, Transcript, ask
 from flakebot.models.budget import RunBudget
 from flakebot.planner import prompt
+from flakebot.runstate import RunRecord
 from flakebot.tester import Tester
 from messages import (
     CandidateResult,
@@ -151,6 +153,12 @@ class CodeLoop:
     on_attempt: Callable[[AttemptOutcome], None] | None = None
     history: list[AttemptRecord] = field(default_factory=list)
     lint_warn: list[str] = field(default_factory=list)
+    journal: Journal | None = None
+
+    def _journal(self, workspace: Workspace, message: EditProposal | TestReport) -> None:
+        if self.journal is not None:
+            jsonl = self.forker.settings.home / "runs" / workspace.run_id / "journal.jsonl"
+            self.journal.append(workspace.run_id, message, jsonl=jsonl)
 
     def _tell(self, outcome: AttemptOutcome) -> None:
         if self.on_attempt is not None:
@@ -169,25 +177,25 @@ class CodeLoop:
         root = Path(workspace.path)
         package = root / Path(workspace.manifest_path).parent  # a workspace member, or the root
         bound = log.bind(candidate=workspace.candidate_id)
+        resumed = self._resume_point(workspace) if evidence is None else None
         self._remember(workspace)
         crate, bin_name = self._binary(package, spec, workspace)
         self._install_acceptance(package, spec, bin_name)
-        baseline = first_attempt == 1 and not self.history and not self.lint_warn
-        report = await self._test(workspace, attempt=first_attempt - 1)
-        if baseline and upstream_lints(report):
-            self.lint_warn = upstream_lints(report)
-            bound.info("upstream_lints_recorded", lints=self.lint_warn)
-            report = await self._test(workspace, attempt=first_attempt - 1)
-        lints = f"\n\n{UPSTREAM_LINTS}{', '.join(self.lint_warn)}" if self.lint_warn else ""
-        self.forker.commit(workspace, f"flakebot: acceptance cases of {spec.name}{lints}")
-        self._tell(AttemptOutcome(first_attempt - 1, "the fork as it is", report, []))
-        if report.green and evidence is None:
-            bound.info("candidate_green", attempts=0, note="passed before any edit")
-            return self._result(workspace, report, "green", attempts=0)
+        if resumed is not None:  # its report is journalled: not tested again
+            report, attempt = resumed, resumed.attempt
+            bound.info("candidate_resumed", attempt=attempt, commit=report.commit)
+            self._tell(AttemptOutcome(attempt, "resumed from the journal", report, []))
+            if report.green:
+                return self._result(workspace, report, "green", attempts=attempt)
+        else:
+            report = await self._baseline(workspace, spec, first_attempt - 1)
+            if report.green and evidence is None:
+                bound.info("candidate_green", attempts=0, note="passed before any edit")
+                return self._result(workspace, report, "green", attempts=0)
+            attempt = first_attempt - 1
         feedback: list[str] = []
         if evidence is not None:
             feedback = ["The tests pass, but a later step failed; fix this:", evidence[-6_000:]]
-        attempt = first_attempt - 1
         last_attempt = first_attempt - 1 + self.max_attempts
         ended_by: EndedBy = "max_attempts"
         detail = ""
@@ -227,12 +235,53 @@ class CodeLoop:
             self.history.append(record)
             commit = self.forker.commit(workspace, commit_message(record))
             report = report.model_copy(update={"commit": commit})
+            self._journal(workspace, report)
             self._tell(AttemptOutcome(attempt, proposal.summary, report, []))
             if report.green:
                 bound.info("candidate_green", attempts=attempt)
                 return self._result(workspace, report, "green", attempts=attempt)
         bound.info("candidate_failed", attempts=attempt, ended_by=ended_by)
         return self._result(workspace, report, ended_by, attempts=attempt, detail=detail)
+
+    async def _baseline(self, workspace: Workspace, spec: ToolSpec, attempt: int) -> TestReport:
+        """Test the fork with the acceptance cases and no edit, and commit the cases (with the
+        upstream lints, when clippy failed the crate as published)."""
+        baseline = attempt == 0 and not self.history and not self.lint_warn
+        report = await self._test(workspace, attempt=attempt)
+        if baseline and upstream_lints(report):
+            self.lint_warn = upstream_lints(report)
+            log.info("upstream_lints_recorded", lints=self.lint_warn)
+            report = await self._test(workspace, attempt=attempt)
+        lints = f"\n\n{UPSTREAM_LINTS}{', '.join(self.lint_warn)}" if self.lint_warn else ""
+        commit = self.forker.commit(workspace, f"flakebot: acceptance cases of {spec.name}{lints}")
+        report = report.model_copy(update={"commit": commit})
+        self._journal(workspace, report)
+        self._tell(AttemptOutcome(attempt, "the fork as it is", report, []))
+        return report
+
+    def _resume_point(self, workspace: Workspace) -> TestReport | None:
+        """Where an interrupted loop of this candidate goes on (a resumed run, a restarted
+        coder): the fork's last commit whose report is in the journal, with the branch put back
+        to it. What came after it was never reported, so it is done again, with the journalled
+        model replies. None on a first start: the fork is then put back to how it was made."""
+        if self.journal is None:
+            return None
+        reports = {
+            message.commit: message
+            for message in self.journal.messages_of(
+                workspace.run_id, "test_report", workspace.candidate_id
+            )
+            if isinstance(message, TestReport) and message.commit
+        }
+        history = self.forker.attempts(workspace)
+        for attempt in reversed(history):
+            if attempt.commit in reports:
+                self.forker.reset(workspace, attempt.commit)
+                return reports[attempt.commit]
+        made = RunRecord(self.forker.settings.home, workspace.run_id).fork(workspace.candidate_id)
+        if made is not None and history and history[-1].commit != made.workspace.head_commit:
+            self.forker.reset(workspace, made.workspace.head_commit)  # killed in its first test
+        return None
 
     def _remember(self, workspace: Workspace) -> None:
         """Rebuild the memory of this candidate from the fork's history (a new loop, or a new
@@ -299,12 +348,20 @@ class CodeLoop:
             budget=self.budget,
             transcript=self.transcript,
         )
-        return EditProposal(
+        proposal = EditProposal(
             run_id=workspace.run_id,
             candidate_id=workspace.candidate_id,
             attempt=attempt,
             **draft.model_dump(),
         )
+        if self.journal is not None and not any(  # a replayed reply is journalled once
+            isinstance(message, EditProposal) and message.attempt == attempt
+            for message in self.journal.messages_of(
+                workspace.run_id, "edit_proposal", workspace.candidate_id
+            )
+        ):
+            self._journal(workspace, proposal)
+        return proposal
 
     def _result(
         self,

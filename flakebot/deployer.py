@@ -36,7 +36,7 @@ from flakebot.flake_template import nix_string, write_flake
 from flakebot.fork import Forker
 from flakebot.matching import output_matches
 from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system
-from flakebot.runstate import RunRecord
+from flakebot.runstate import RunRecord, all_runs
 from flakebot.sandbox import Toolchain
 from flakebot.service_host import ServiceJob
 from flakebot.settings import Settings
@@ -154,6 +154,10 @@ class Deployer:
             for name in sorted(store_names() - before):
                 record.add("store_path", STORE / name, candidate_id=workspace.candidate_id)
         store_path = built.out_paths["out"]
+        for path in _built_by_other_runs(self.settings.home, workspace.run_id, store_path):
+            # the same tool deployed before (a reused result): this run holds what that
+            # deploy built too, so cleaning the other run leaves it and the last one removes it
+            record.add("store_path", path, candidate_id=workspace.candidate_id)
         bin_path = f"{store_path}/bin/{bin_name}"
         if not Path(bin_path).is_file():
             raise DeployError(f"{store_path} has no bin/{bin_name}", log_tail="")
@@ -243,3 +247,15 @@ class Deployer:
                 problem = type(exc).__name__
             time.sleep(0.2)
         raise DeployError(f"the service's health check {url} failed: {problem}", log_tail="")
+
+
+def _built_by_other_runs(home: Path, run_id: str, store_path: str) -> list[str]:
+    """What other runs' deploys that built `store_path` recorded (it, its .drv, fetches)."""
+    built = []
+    for other in all_runs(home):
+        if other.run_id == run_id:
+            continue
+        items = other.items("store_path")
+        for candidate in {item.candidate_id for item in items if item.path == store_path}:
+            built += [item.path for item in items if item.candidate_id == candidate]
+    return sorted(set(built))

@@ -3,12 +3,13 @@
 It checks the machine first (cargo, nix, bwrap, the registry, a writable home: milliseconds, before
 Ray starts), starts a local Ray cluster (or joins one with `address`), runs each request's plan in
 a supervisor actor, and relays the run's events while it goes. `build` blocks; `abuild` is the
-async variant; `build_many` runs several requests at once and returns, for each, its manifest or
-the RunFailed it ended with, whatever went wrong. A request is free text, a spec file (YAML/JSON),
-or a ToolSpec. A failed run raises RunFailed: the step that failed, the reason and the journal.
-The driver waits for a run no longer than its deadline (plus a margin for the supervisor itself);
-a supervisor that dies or never answers is a failed run too, and on a local cluster the driver
-then cleans what the run left.
+async variant; `resume(run_id)` goes on with a killed run from its journal, with the options it
+was started with (its RunStarted message); `build_many` runs several requests at once and
+returns, for each, its manifest or the RunFailed it ended with, whatever went wrong. A request is
+free text, a spec file (YAML/JSON), or a ToolSpec. A failed run raises RunFailed: the step that
+failed, the reason and the journal. The driver waits for a run no longer than its deadline (plus
+a margin for the supervisor itself); a supervisor that dies or never answers is a failed run too,
+and on a local cluster the driver then cleans what the run left.
 """
 
 from __future__ import annotations
@@ -32,11 +33,21 @@ from flakebot.errors import ConfigError, FlakebotError, RunFailed
 from flakebot.failures import step_failed
 from flakebot.home import ensure_home, run_dir
 from flakebot.janitor import Janitor
+from flakebot.journal import Journal
 from flakebot.planner import looks_like_spec_file
+from flakebot.resume import check_resumable
 from flakebot.runplan import RunPlan, default_plan, load_plan
 from flakebot.settings import Settings, parse_model, parse_registry
 from flakebot.specs import load_spec
-from messages import CleanupRequest, RunEvent, StepFailed, ToolManifest, ToolRequest, ToolSpec
+from messages import (
+    CleanupRequest,
+    RunEvent,
+    RunStarted,
+    StepFailed,
+    ToolManifest,
+    ToolRequest,
+    ToolSpec,
+)
 from messages.base import Step
 
 log = structlog.get_logger()
@@ -134,24 +145,50 @@ class Flakebot:
                 "a free-text request needs a model to plan it",
                 hint="pass --model (groq:NAME, openai:URL#NAME, scripted:FILE) or a spec file",
             )
+        if model_ref is not None and model_ref.script is not None:  # resumable from anywhere
+            model_ref = model_ref.model_copy(update={"script": model_ref.script.resolve()})
         registry = parse_registry(self.registry) if self.registry else self.settings.registry
         plan = self._plan()
-        ensure_home(self.settings.home)
-        require_ready(self.settings.model_copy(update={"registry": registry}))
-        self._connect()
-        supervisor = SupervisorActor.remote(  # type: ignore[attr-defined]
-            run_id,
-            model_ref,
-            registry,
-            plan,
-            self.candidates,
-            self.all_candidates,
-            self.timeout,
-            self.heartbeat_s,
+        started = RunStarted(
+            run_id=run_id,
+            model=None if model_ref is None else str(model_ref),
+            registry=registry,
+            candidates=self.candidates,
+            all_candidates=self.all_candidates,
+            plan=plan.model_dump(mode="json"),
+            run_timeout_s=self.timeout,
+            heartbeat_s=self.heartbeat_s,
         )
-        deadline = (self.timeout or plan.run_deadline()) + SUPERVISOR_MARGIN_S
+        return await self._start(started, message, on_event, resume=False)
+
+    async def aresume(
+        self, run_id: str, *, on_event: Callable[[RunEvent], None] | None = None
+    ) -> ToolManifest:
+        """Go on with a killed run from its journal, with the options it was started with: the
+        steps whose results are saved are not done again. RunFailed if it then fails;
+        ConfigError if it cannot go on (unknown, still running, finished or failed)."""
+        ensure_home(self.settings.home)
+        history = check_resumable(Journal(self.settings.journal_path), self.settings.home, run_id)
+        assert history.started is not None and history.request is not None  # checked
+        return await self._start(history.started, history.request, on_event, resume=True)
+
+    async def _start(
+        self,
+        started: RunStarted,
+        message: ToolRequest | ToolSpec,
+        on_event: Callable[[RunEvent], None] | None,
+        *,
+        resume: bool,
+    ) -> ToolManifest:
+        run_id = started.run_id
+        ensure_home(self.settings.home)
+        require_ready(self.settings.model_copy(update={"registry": started.registry}))
+        self._connect()
+        supervisor = SupervisorActor.remote(started)  # type: ignore[attr-defined]
+        plan = RunPlan.model_validate(started.plan)
+        deadline = (started.run_timeout_s or plan.run_deadline()) + SUPERVISOR_MARGIN_S
         try:
-            outcome = await self._follow(supervisor, message, run_id, deadline, on_event)
+            outcome = await self._follow(supervisor, message, run_id, deadline, on_event, resume)
         finally:
             ray.kill(supervisor, no_restart=True)
         if isinstance(outcome, StepFailed):
@@ -165,9 +202,10 @@ class Flakebot:
         run_id: str,
         deadline: float,
         on_event: Callable[[RunEvent], None] | None,
+        resume: bool = False,
     ) -> ToolManifest | StepFailed:
         """Relay the run's events until it ends, the supervisor dies, or the deadline passes."""
-        running = supervisor.run.remote(message)
+        running = supervisor.run.remote(message, resume)
         started = time.monotonic()
         seen = 0
         step: Step = "plan"
@@ -206,6 +244,11 @@ class Flakebot:
         self, request: Request, *, on_event: Callable[[RunEvent], None] | None = None
     ) -> ToolManifest:
         return asyncio.run(self.abuild(request, on_event=on_event))
+
+    def resume(
+        self, run_id: str, *, on_event: Callable[[RunEvent], None] | None = None
+    ) -> ToolManifest:
+        return asyncio.run(self.aresume(run_id, on_event=on_event))
 
     def build_many(self, requests: Sequence[Request]) -> list[ToolManifest | RunFailed]:
         """Run every request at once; each result is its manifest or the RunFailed it ended with,

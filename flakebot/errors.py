@@ -13,6 +13,7 @@ caller gets ``RunFailed`` carrying that message and the journal's path.
 
     FlakebotError                 base; message + hint                              exit 3
     ├── ConfigError               a setting, environment variable or CLI argument is wrong   2
+    │   └── RunBusy               the run is in progress in another process
     ├── SpecError                 a tool spec or message file does not validate              2
     ├── MachineNotReady           something this machine needs is missing or unusable        4
     │   └── ToolMissing           an external program (cargo, nix, bwrap...) is not installed
@@ -78,6 +79,10 @@ def _rebuild(cls: type[FlakebotError], message: str, state: dict[str, object]) -
 
 class ConfigError(FlakebotError):
     """A setting, environment variable or CLI argument is wrong."""
+
+
+class RunBusy(ConfigError):
+    """The run is in progress in another process (resume it once that process has ended)."""
 
 
 class SpecError(FlakebotError):

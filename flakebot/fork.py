@@ -289,6 +289,45 @@ class Forker:
             raise
         return workspace
 
+    def fork_verified(self, candidate: CrateCandidate, kept: Workspace, bundle: Path) -> Workspace:
+        """Fork `candidate` from the bundle of a verified result (`kept`, an earlier run's fork
+        of the same crate, at its green commit): the new branch is at that commit, which must
+        be on the bundle's branch; else a ForkError."""
+        path = self.workspace_path(candidate.run_id, candidate.candidate_id)
+        if path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = RunRecord(self.settings.home, candidate.run_id)
+        record.add("workspace", path, candidate_id=candidate.candidate_id)
+        branch = f"flakebot/{candidate.run_id}"
+        repo = pygit2.init_repository(str(path), initial_head=branch)
+        try:
+            refs = read_bundle(bundle, repo)
+            tip, green = refs.get(f"refs/heads/{kept.branch}"), kept.head_commit
+            if tip is None or (tip != green and not repo.descendant_of(tip, green)):
+                raise ForkError(f"the kept bundle's {kept.branch} does not hold {green}")
+            for ref in refs:
+                if ref != f"refs/heads/{branch}":
+                    repo.references.delete(ref)
+            repo.references.create(f"refs/heads/{branch}", pygit2.Oid(hex=kept.head_commit))
+            repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        target = self.target_dir(candidate.name, candidate.version)
+        record.add("target_dir", target, candidate_id=candidate.candidate_id)
+        workspace = kept.model_copy(
+            update={
+                "run_id": candidate.run_id,
+                "candidate_id": candidate.candidate_id,
+                "path": str(path),
+                "branch": branch,
+                "target_dir": str(target),
+            }
+        )
+        record.save_fork(candidate, workspace)
+        return workspace
+
 
 def fork_ids(root: Path, workspaces: Path) -> tuple[str, str]:
     """A fork's run and candidate ids from its place under FLAKEBOT_HOME; made up elsewhere."""

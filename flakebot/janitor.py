@@ -26,6 +26,7 @@ from flakebot.errors import CommandFailed
 from flakebot.nix import Nix
 from flakebot.runstate import Resource, RunRecord, all_runs
 from flakebot.settings import Settings
+from flakebot.verified import VerifiedResults
 from messages import CleanupFailure, CleanupReport, CleanupRequest, RemovedItem
 from messages.deploy import CleanupReason
 
@@ -100,7 +101,11 @@ class Janitor:
     def clean_all(
         self, reason: CleanupReason = "requested", *, force: bool = False
     ) -> tuple[list[CleanupReport], list[str]]:
-        """Clean every run; returns the reports and the runs skipped because they are running."""
+        """Clean every run, and forget the verified results kept for later runs; returns the
+        reports and the runs skipped because they are running."""
+        forgotten = VerifiedResults(self.settings.home).clear()
+        if forgotten:
+            log.info("verified_results_removed", count=forgotten)
         return self._clean_runs(all_runs(self.settings.home), reason, force=force)
 
     def clean_expired(
@@ -148,7 +153,7 @@ class Janitor:
     def _used_elsewhere(self, record: RunRecord, item: Resource) -> bool:
         """Does another run (or another candidate of this one, when cleaning one) use it?"""
         for other in all_runs(self.settings.home):
-            for resource in other.items("target_dir"):
+            for resource in other.items(item.kind):
                 if resource.path != item.path:
                     continue
                 if other.run_id != record.run_id or resource.candidate_id != item.candidate_id:
@@ -164,7 +169,11 @@ class Janitor:
     ) -> None:
         # Delete outputs before what they were built from; each on its own, so one path still in
         # use (rooted by another run) does not keep the others.
-        present = [item for item in items if Path(item.path).exists()]
+        present = [
+            item
+            for item in items
+            if Path(item.path).exists() and not self._used_elsewhere(record, item)
+        ]  # a store path another run deployed too (a reused result) stays for that run
         for item in items:
             if item not in present:
                 record.remove(item)

@@ -5,7 +5,14 @@ that write, and writers from several processes and threads queue on SQLite's loc
 of 30 s) instead of failing. Each message is one committed row before `append` returns, so a step
 whose message was appended survives a killed driver, actor or machine. A run's row keeps what
 `status` shows at a glance (state, current step, times, tool, reason); the messages hold the rest.
-Messages are stored as the protocol's JSON with secrets masked, and read back as messages.
+Messages are stored as the protocol's JSON with secrets masked, and read back as messages. With a
+`jsonl` path, `append` also appends the line to the run's `journal.jsonl` while it holds the lock,
+so the file has the database's order whichever process wrote.
+
+Model replies have their own table (`save_reply`, `reply`): each call a run makes to a model, by
+who asked (role, step, candidate, attempt) and its position among that asker's calls. A resumed run
+or a restarted coder is given the journalled reply instead of asking again (models.journalled);
+`requests` counts real calls and `replays` the answers served from here.
 
 States: `running` until a `run_finished` or `run_failed` event; a run whose state is `running` but
 whose process no longer holds its lock (runstate) is shown as `killed`.
@@ -18,14 +25,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from flakebot.home import ensure_home
+from flakebot.home import append_private, ensure_home
 from flakebot.redact import redact
 from messages import AnyMessage, RunEvent, ToolSpec, dump_message, parse_message
 
 BUSY_TIMEOUT_S = 30.0
+_REPLY_COLUMNS = "asker, call, model, reply, prompt_tokens, completion_tokens, requests, replays"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -45,6 +53,19 @@ CREATE TABLE IF NOT EXISTS messages (
     candidate_id TEXT,
     body TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS model_replies (
+    run_id TEXT NOT NULL,
+    asker TEXT NOT NULL,
+    call INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    reply TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    at REAL NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 1,
+    replays INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, asker, call, model)
 );
 """
 
@@ -68,6 +89,20 @@ class Entry:
     message: AnyMessage
 
 
+@dataclass(frozen=True)
+class SavedReply:
+    """A model's reply as the journal keeps it."""
+
+    asker: str  # role/step/candidate/attempt, as models.journalled names it
+    call: int
+    model: str
+    reply: str
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+    replays: int
+
+
 class Journal:
     """One connection to the journal database; safe to share between threads of a process."""
 
@@ -86,8 +121,16 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
-    def append(self, run_id: str, message: AnyMessage, *, at: float | None = None) -> int:
-        """Commit `message` as the run's next entry; returns its position."""
+    def append(
+        self,
+        run_id: str,
+        message: AnyMessage,
+        *,
+        at: float | None = None,
+        jsonl: Path | None = None,
+    ) -> int:
+        """Commit `message` as the run's next entry (and its line to `jsonl`); returns its
+        position."""
         at = time.time() if at is None else at
         body = redact(dump_message(message))
         candidate = getattr(message, "candidate_id", None)
@@ -107,6 +150,8 @@ class Journal:
                 (run_id, at, at),
             )
             self._update_run(run_id, message, at)
+            if jsonl is not None:
+                append_private(jsonl, json.dumps({"at": at, "message": json.loads(body)}))
         return seq
 
     def _update_run(self, run_id: str, message: AnyMessage, at: float) -> None:
@@ -155,6 +200,70 @@ class Journal:
                 (run_id, since),
             ).fetchall()
         return [Entry(int(seq), float(at), parse_message(body)) for seq, at, body in rows]
+
+    def messages_of(
+        self, run_id: str, kind: str, candidate_id: str | None = None
+    ) -> list[AnyMessage]:
+        """The run's messages of one kind (for one candidate), in order (e.g. its TestReports)."""
+        query = "SELECT body FROM messages WHERE run_id = ? AND kind = ?"
+        parameters = [run_id, kind]
+        if candidate_id is not None:
+            query += " AND candidate_id = ?"
+            parameters.append(candidate_id)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY seq", parameters).fetchall()
+        return [parse_message(body) for (body,) in rows]
+
+    # Model replies ------------------------------------------------------------------------------
+
+    def save_reply(
+        self,
+        run_id: str,
+        asker: str,
+        call: int,
+        model: str,
+        reply: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        """Keep a reply the model just gave; a second real call for the same key is counted."""
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT INTO model_replies"
+                " (run_id, asker, call, model, reply, prompt_tokens, completion_tokens, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, asker, call, model) DO UPDATE SET"
+                " requests = requests + 1, reply = excluded.reply, at = excluded.at",
+                (run_id, asker, call, model, redact(reply), prompt_tokens, completion_tokens,
+                 time.time()),
+            )  # fmt: skip
+
+    def reply(self, run_id: str, asker: str, call: int, model: str) -> SavedReply | None:
+        """The journalled reply for this call, counted as replayed; None if there is none."""
+        with self._lock, self._transaction():
+            row = self._db.execute(
+                f"SELECT {_REPLY_COLUMNS} FROM model_replies"
+                " WHERE run_id = ? AND asker = ? AND call = ? AND model = ?",
+                (run_id, asker, call, model),
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE model_replies SET replays = replays + 1"
+                " WHERE run_id = ? AND asker = ? AND call = ? AND model = ?",
+                (run_id, asker, call, model),
+            )
+        saved = SavedReply(*row)
+        return replace(saved, replays=saved.replays + 1)
+
+    def replies(self, run_id: str) -> list[SavedReply]:
+        """Every journalled model reply of the run."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_REPLY_COLUMNS} FROM model_replies WHERE run_id = ? ORDER BY at",
+                (run_id,),
+            ).fetchall()
+        return [SavedReply(*row) for row in rows]
 
     def export_jsonl(self, run_id: str) -> Iterator[str]:
         """The run's messages as JSON lines, as `journal.jsonl` has them."""

@@ -47,9 +47,9 @@ class Recorder:
         with self._lock:
             at = time.time()
             self.entries.append((at, message))
-            if self.journal is not None:
-                self.journal.append(self.run_id, message, at=at)
-            if self.path is not None:
+            if self.journal is not None:  # the database, and the JSONL file in its order
+                self.journal.append(self.run_id, message, at=at, jsonl=self.path)
+            elif self.path is not None:
                 line = json.dumps({"at": at, "message": json.loads(dump_message(message))})
                 append_private(self.path, redact(line))
         if isinstance(message, RunEvent) and self.on_event is not None:
@@ -80,6 +80,12 @@ class Recorder:
         )
         self.record(message)
         return message
+
+    def go_on_from(self, history: list[AnyMessage]) -> None:
+        """Number new events after those of `history` (a resumed run's journal)."""
+        seqs = [message.seq for message in history if isinstance(message, RunEvent)]
+        with self._lock:
+            self._events = max(seqs, default=-1) + 1
 
     def events(self, since: int = 0) -> list[RunEvent]:
         return [m for _, m in self.entries if isinstance(m, RunEvent) and m.seq >= since]

@@ -23,14 +23,17 @@ from flakebot.errors import DeployError, FlakebotError, ForkError
 from flakebot.failures import step_failed
 from flakebot.fork import Forker
 from flakebot.janitor import Janitor
+from flakebot.journal import Journal
 from flakebot.models import Budget, Model, NoModel, Transcript, load_model
 from flakebot.models.budget import RunBudget
+from flakebot.models.journalled import JournalledModel
 from flakebot.planner import Planner
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.scout import Scout
 from flakebot.settings import ModelRef, Settings
 from flakebot.tool_sandbox import ToolSandbox
+from flakebot.verified import VerifiedResult, VerifiedResults, result_key
 from messages import (
     CandidateResult,
     CleanupReport,
@@ -38,7 +41,9 @@ from messages import (
     CrateCandidate,
     CrateQuery,
     Deployment,
+    RunStarted,
     StepFailed,
+    TestReport,
     ToolManifest,
     ToolRequest,
     ToolSpec,
@@ -50,21 +55,27 @@ log = structlog.get_logger()
 _STOPWORDS = {"the", "and", "for", "with", "that", "this", "from", "into", "tool", "a", "an", "of"}
 
 
-def _model(settings: Settings, model_ref: ModelRef | None) -> Model | None:
+def _model(settings: Settings, model_ref: ModelRef | None, run_id: str) -> Model | None:
+    """The run's model, its replies journalled (and replayed when the run goes on again)."""
     ref = model_ref or settings.model
-    return None if ref is None else load_model(ref, settings)
+    if ref is None:
+        return None
+    return JournalledModel(load_model(ref, settings), Journal(settings.journal_path), run_id)
 
 
 class PlannerRole:
     def __init__(self, settings: Settings, model_ref: ModelRef | None) -> None:
         self.settings = settings
         self.model_ref = model_ref
+        self._models: dict[str, Model | None] = {}  # per run: a retried plan asks anew
 
     async def plan(self, request: ToolRequest) -> ToolSpec:
         transcript = Transcript(
             self.settings.home / "runs" / request.run_id / "model-transcript.jsonl"
         )
-        planner = Planner(_model(self.settings, self.model_ref), transcript=transcript)
+        if request.run_id not in self._models:
+            self._models[request.run_id] = _model(self.settings, self.model_ref, request.run_id)
+        planner = Planner(self._models[request.run_id], transcript=transcript)
         return await planner.plan(request)
 
     async def widen(self, spec: ToolSpec) -> ToolSpec:
@@ -113,10 +124,11 @@ class DeveloperRole:
     def _new_loop(self, workspace: Workspace) -> CodeLoop:
         directory = dependency_dir(self.settings.home, workspace.registry)
         sandbox = Sandbox.for_registry(Toolchain.find(), directory)
-        model = _model(self.settings, self.model_ref) or NoModel()
+        model = _model(self.settings, self.model_ref, workspace.run_id) or NoModel()
         index = CrateIndex(directory, index_path(self.settings.home, directory))
         index.refresh()
         return CodeLoop(
+            journal=Journal(self.settings.journal_path),
             model=model,
             forker=Forker(self.settings, sandbox),
             tester=self.tester,
@@ -131,11 +143,23 @@ class DeveloperRole:
     async def develop(
         self, candidate: CrateCandidate, spec: ToolSpec
     ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
+        toolchain = Toolchain.find()
         sandbox = Sandbox.for_registry(
-            Toolchain.find(), dependency_dir(self.settings.home, candidate.registry)
+            toolchain, dependency_dir(self.settings.home, candidate.registry)
         )
+        forker = Forker(self.settings, sandbox)
+        ref = self.model_ref or self.settings.model
+        key = result_key(spec, None if ref is None else str(ref), candidate, toolchain.version())
+        kept = VerifiedResults(self.settings.home).find(key)
+        kept_commit = None if kept is None else kept.workspace.head_commit
+        path = forker.workspace_path(candidate.run_id, candidate.candidate_id)
         try:
-            workspace = Forker(self.settings, sandbox).fork(candidate)
+            if kept is not None and path.exists():
+                workspace = forker.fork(candidate)  # a restarted coder: the fork made before
+            elif kept is not None:
+                workspace = self._reuse(forker, candidate, kept)
+            else:
+                workspace = forker.fork(candidate)
         except FlakebotError as exc:
             return None, step_failed(
                 candidate.run_id,
@@ -154,7 +178,22 @@ class DeveloperRole:
                 candidate_id=candidate.candidate_id,
                 backtrack_to="scout",
             )
+        if kept is not None and result.status == "green" and result.head_commit == kept_commit:
+            result = result.model_copy(update={"reused_from": kept.run_id})
         return workspace, result
+
+    def _reuse(self, forker: Forker, candidate: CrateCandidate, kept: VerifiedResult) -> Workspace:
+        """The candidate's fork made from a verified result, its green report journalled for
+        this run (so the loop does not test it again)."""
+        bundle = VerifiedResults(self.settings.home).bundle(kept.key)
+        workspace = forker.fork_verified(candidate, kept.workspace, bundle)
+        report = kept.report.model_copy(
+            update={"run_id": candidate.run_id, "candidate_id": candidate.candidate_id}
+        )
+        jsonl = self.settings.home / "runs" / candidate.run_id / "journal.jsonl"
+        Journal(self.settings.journal_path).append(candidate.run_id, report, jsonl=jsonl)
+        log.info("verified_result_reused", key=kept.key, earlier_run=kept.run_id)
+        return workspace
 
     async def revise(
         self, workspace: Workspace, spec: ToolSpec, evidence: str, after_attempt: int
@@ -220,7 +259,43 @@ class DeployerRole:
             source=made.workspace.source,
         )
         manifests.save(self.settings.home, manifest)
+        try:
+            self._keep(made.candidate, workspace, spec, deployment)
+        except (FlakebotError, OSError) as exc:  # the tool is deployed: keeping is a bonus
+            log.warning("verified_result_not_kept", error=str(exc)[:300])
         return manifest
+
+    def _keep(
+        self,
+        candidate: CrateCandidate,
+        workspace: Workspace,
+        spec: ToolSpec,
+        deployment: Deployment,
+    ) -> None:
+        """Keep the deployed fork and its green report for later runs of the same job."""
+        journal = Journal(self.settings.journal_path)
+        run_id = workspace.run_id
+        started = [
+            m for m in journal.messages_of(run_id, "run_started") if isinstance(m, RunStarted)
+        ]
+        forker = Forker(self.settings, Sandbox(self.toolchain))
+        deployed = [attempt.commit for attempt in forker.attempts(workspace)]
+        deployed = deployed[: deployed.index(deployment.commit) + 1]  # the deployed history
+        green = [
+            m
+            for m in journal.messages_of(run_id, "test_report", workspace.candidate_id)
+            if isinstance(m, TestReport) and m.green and m.commit in deployed
+        ]
+        if not started or not green:  # not a whole run (flakebot deploy), or no green record
+            return
+        key = result_key(spec, started[0].model, candidate, self.toolchain.version())
+        results = VerifiedResults(self.settings.home)
+        bundle = results.directory / f".{key}.{run_id}.bundle"
+        results.directory.mkdir(parents=True, exist_ok=True)
+        forker.export_bundle(workspace, bundle)
+        kept = workspace.model_copy(update={"head_commit": green[-1].commit})
+        result = VerifiedResult(key=key, run_id=run_id, workspace=kept, report=green[-1])
+        results.save(result, bundle)
 
 
 class JanitorRole:

@@ -30,6 +30,7 @@ from typing import Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flakebot.errors import RunBusy
 from flakebot.home import ID_PATTERN, PRIVATE_DIR, PRIVATE_FILE, check_id, run_dir, write_private
 from messages import CrateCandidate, Workspace
 
@@ -136,11 +137,18 @@ class RunRecord:
     # Being in progress ---------------------------------------------------------------------------
 
     @contextmanager
-    def active(self) -> Iterator[None]:
-        """Mark the run as in progress for as long as the block runs (and this process lives)."""
+    def active(self, *, wait: bool = True) -> Iterator[None]:
+        """Mark the run as in progress for as long as the block runs (and this process lives).
+        Without `wait`, a run another process holds raises RunBusy at once."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         with _open_private(self.directory / "active.lock") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise RunBusy(
+                    f"run {self.run_id} is in progress in another process",
+                    hint=f"follow it: flakebot status {self.run_id} --follow",
+                ) from None
             lock.seek(0)
             lock.truncate()
             lock.write(f"{os.getpid()}\n")

@@ -1,23 +1,26 @@
 """The supervisor: follows a plan for one request, over whatever runs the roles.
 
-Plan, scout, then develop a batch of candidates in parallel and take their results in completion
-order: the first green one wins (with `all_candidates`, the best green one by score), and the rest
-are cancelled and cleaned at once. Deploy the winner, then write the manifest. When a later step
-fails for a reason an earlier step owns, the supervisor goes back: a deploy failure to the
-winner's coder with the Nix log, a batch with no green candidate to the scout for the next batch,
-no candidate at all to the planner to widen the queries. Backtracks are bounded by the plan, and
-each is an event saying why. Every message goes through the recorder before the next step.
+Plan, scout, then race a batch of candidates in parallel (flakebot.race: the first green one
+wins, the rest are cancelled and cleaned at once). Deploy the winner, then write the manifest.
+When a later step fails for a reason an earlier step owns, the supervisor goes back: a deploy
+failure to the winner's coder with the Nix log, a batch with no green candidate to the scout for
+the next batch, no candidate at all to the planner to widen the queries. Backtracks are bounded
+by the plan, and each is an event saying why. Every message goes through the recorder (the
+durable journal) before the next step.
+
+A killed run goes on from its journal (`run(request, history)`, flakebot.resume): a step whose
+result is journalled is not done again. The spec is not re-planned, a batch already scouted is
+raced again with what was decided of it, a green candidate whose fork is still at its green
+commit is not tested again, and a deployment whose store path and GC root are still there is
+reused; each reuse is an event. The run goes on at the first step without a saved result.
 
 No run hangs and nothing leaks. Every role call has its step's deadline, a candidate has the code
 step's deadline from fork to its last test, and the run has its own. While a step waits, a
-`progress_reported` event says for what, at least every `heartbeat_s`. A candidate ends the
-moment it is decided, however it ends (red, crashed, timed out, cancelled, superseded): its roles
-are ended (`end_candidate` frees what they hold, a node's cargo slot included) and its files
-cleaned. The winner keeps its coder (its model, index and memory) until it is deployed, for a
-revision if the deploy fails; then it is ended too.
-Whatever makes the run fail, a role's error, a crash or the deadline, becomes one `step_failed`
-message (flakebot.failures) that is recorded, every live candidate is ended, the run is cleaned,
-and the caller gets RunFailed with that message and the journal's path.
+`progress_reported` event says for what, at least every `heartbeat_s`. The winner keeps its coder
+(its model, index and memory) until it is deployed, for a revision if the deploy fails; then it
+is ended too. Whatever makes the run fail, a role's error, a crash or the deadline, becomes one
+`step_failed` message (flakebot.failures) that is recorded, every live candidate is ended, the
+run is cleaned, and the caller gets RunFailed with that message and the journal's path.
 
 `Roles` is the seam: actors/ implements it with Ray actors (one node per candidate); anything with
 the same async methods can drive a run.
@@ -29,6 +32,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import structlog
@@ -36,7 +40,9 @@ import structlog
 from flakebot.errors import FlakebotError, RunFailed, StepTimedOut
 from flakebot.failures import result_reason, step_failed
 from flakebot.matching import check_spec_patterns
+from flakebot.race import Developed, Race, Winner
 from flakebot.recorder import Recorder
+from flakebot.resume import RunHistory
 from flakebot.runplan import RunPlan, StepName, default_plan
 from messages import (
     CandidateResult,
@@ -46,6 +52,7 @@ from messages import (
     CrateQuery,
     Deployment,
     RegistryRef,
+    RunStarted,
     StepFailed,
     ToolManifest,
     ToolRequest,
@@ -53,15 +60,10 @@ from messages import (
     Workspace,
 )
 from messages.base import Step
-from messages.deploy import CleanupReason
 
 log = structlog.get_logger()
 A = TypeVar("A")
 R = TypeVar("R")
-END_TIMEOUT_S = 60.0
-CLEAN_TIMEOUT_S = 900.0
-
-Developed = tuple[Workspace | None, CandidateResult | StepFailed]
 
 
 class Roles(Protocol):
@@ -81,13 +83,6 @@ class Roles(Protocol):
 
 
 @dataclass
-class Winner:
-    candidate: CrateCandidate
-    workspace: Workspace
-    result: CandidateResult
-
-
-@dataclass
 class Supervisor:
     roles: Roles
     recorder: Recorder
@@ -97,8 +92,21 @@ class Supervisor:
     all_candidates: bool = False
     run_timeout: float | None = None
     heartbeat_s: float = 30.0
+    started: RunStarted | None = None  # recorded first: how to resume the run
+    fork_head: Callable[[str], str | None] = lambda candidate_id: None  # where a fork is now
+    still_deployed: Callable[[Deployment], bool] = lambda deployment: _still_deployed(deployment)
     _step: Step = "plan"
-    _live: set[str] = field(default_factory=set)
+    race: Race = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.race = Race(
+            self.roles,
+            self.recorder,
+            self.plan,
+            all_candidates=self.all_candidates,
+            heartbeat_s=self.heartbeat_s,
+            fork_head=self.fork_head,
+        )
 
     @property
     def run_id(self) -> str:
@@ -108,11 +116,15 @@ class Supervisor:
     def deadline(self) -> float:
         return self.run_timeout or self.plan.run_deadline()
 
-    async def run(self, request: ToolRequest | ToolSpec) -> ToolManifest:
-        """The manifest of the tool built for `request`, or RunFailed saying which step gave up."""
+    async def run(
+        self, request: ToolRequest | ToolSpec, history: RunHistory | None = None
+    ) -> ToolManifest:
+        """The manifest of the tool built for `request`, or RunFailed saying which step gave up.
+        With `history` (a killed run's journal), the run goes on at its first step without a
+        saved result."""
         try:
             async with asyncio.timeout(self.deadline) as timer:
-                return await self._run(request)
+                return await self._run(request, history)
         except RunFailed as exc:
             failure = exc.failure
         except TimeoutError as exc:
@@ -143,79 +155,107 @@ class Supervisor:
     async def _fail(self, failure: StepFailed) -> None:
         self.recorder.record(failure)
         self.recorder.event("run", "run_failed", failure.reason[:500], failed_step=failure.step)
-        for candidate_id in sorted(self._live):
-            await self._end(candidate_id)
-        await self._clean(None, "failed")
+        for candidate_id in sorted(self.race.live):
+            await self.race.end(candidate_id)
+        await self.race.clean(None, "failed")
 
-    async def _run(self, request: ToolRequest | ToolSpec) -> ToolManifest:
+    async def _run(
+        self, request: ToolRequest | ToolSpec, history: RunHistory | None
+    ) -> ToolManifest:
         events = self.recorder
-        events.record(request)
-        if isinstance(request, ToolSpec):
-            check_spec_patterns(request)
-            spec = request
+        if history is None:
+            history = RunHistory(self.run_id)
+            if self.started is not None:
+                events.record(self.started)
+            events.record(request)
         else:
-            spec = await self._retry("plan", self.roles.plan, request, "the planner")
-        events.record(spec)
-        events.event(
-            "plan", "spec_planned", spec.summary, name=spec.name, cases=len(spec.acceptance)
-        )
-        backtracks = 0
-        tried: list[str] = []
+            events.event("run", "run_resumed", f"going on from the {history.last_step} step")
+        spec = await self._spec(request, history)
+        backtracks = history.backtracks
+        tried = history.tried()
+        batch = history.open_batch
         while True:
-            query = CrateQuery(
-                run_id=self.run_id,
-                queries=spec.search_queries,
-                registry=self.registry,
-                prefer_binary=spec.tool_kind in ("cli", "service"),
-                limit=self.candidates,
-                exclude=tried,
-            )
-            events.record(query)
-            found = await self._retry("scout", self.roles.scout, query, "the crate scout")
-            found = _preferred_first(found, spec.preferred_crates)
-            for candidate in found:
-                events.record(candidate)
-            events.event(
-                "scout", "candidates_found", ", ".join(c.name for c in found), count=len(found)
-            )
+            if batch is not None:  # scouted before the run stopped: the same candidates
+                found, batch = batch.candidates, None
+                names = ", ".join(c.name for c in found)
+                events.event("scout", "candidates_reused", names, count=len(found))
+            else:
+                found = await self._scout(spec, tried)
             if not found:
                 backtracks = self._backtrack(
                     backtracks, "plan", "no candidate found: widening the queries"
                 )
                 widened = await self._call("plan", "widened queries", self.roles.widen, spec)
                 events.record(widened)
-                if widened.search_queries == query.queries:
+                if widened.search_queries == spec.search_queries:
                     raise self._failed(
                         "scout", "no crate in the registry matches the request, even widened"
                     )
                 spec = widened
                 continue
-            tried += [candidate.name for candidate in found]
-            winner = await self._race(found, spec)
+            tried += [candidate.name for candidate in found if candidate.name not in tried]
+            self._step = "code"
+            winner = await self.race.run(found, spec, history)
             if winner is None:
                 backtracks = self._backtrack(
                     backtracks, "scout", "every candidate of the batch failed"
                 )
                 continue
-            deployment, backtracks = await self._deploy(winner, spec, backtracks)
-            await self._end(winner.candidate.candidate_id)  # its coder was kept for revisions
-            manifest = await self._call(
-                "instruct",
-                "the tool's manifest",
-                self.roles.instruct,
-                winner.workspace,
-                spec,
-                deployment,
-            )
-            events.record(manifest)
-            events.event(
-                "instruct",
-                "manifest_written",
-                manifest.store_path,
-                candidate_id=winner.candidate.candidate_id,
-            )
+            deployment, backtracks = await self._deploy(winner, spec, backtracks, history)
+            await self.race.end(winner.candidate.candidate_id)  # its coder was kept for revisions
+            manifest = history.manifest
+            if manifest is None or manifest.store_path != deployment.store_path:
+                manifest = await self._call(
+                    "instruct",
+                    "the tool's manifest",
+                    self.roles.instruct,
+                    winner.workspace,
+                    spec,
+                    deployment,
+                )
+                events.record(manifest)
+                events.event(
+                    "instruct",
+                    "manifest_written",
+                    manifest.store_path,
+                    candidate_id=winner.candidate.candidate_id,
+                )
             events.event("run", "run_finished", f"{spec.name} from {winner.candidate.name}")
             return manifest
+
+    async def _spec(self, request: ToolRequest | ToolSpec, history: RunHistory) -> ToolSpec:
+        """The run's spec: the journalled one (planned, or widened last), else planned now."""
+        if history.planned and history.spec is not None:
+            return history.spec
+        if isinstance(request, ToolSpec):
+            check_spec_patterns(request)
+            spec = request
+        else:
+            spec = await self._retry("plan", self.roles.plan, request, "the planner")
+        self.recorder.record(spec)
+        self.recorder.event(
+            "plan", "spec_planned", spec.summary, name=spec.name, cases=len(spec.acceptance)
+        )
+        return spec
+
+    async def _scout(self, spec: ToolSpec, tried: list[str]) -> list[CrateCandidate]:
+        query = CrateQuery(
+            run_id=self.run_id,
+            queries=spec.search_queries,
+            registry=self.registry,
+            prefer_binary=spec.tool_kind in ("cli", "service"),
+            limit=self.candidates,
+            exclude=tried,
+        )
+        self.recorder.record(query)
+        found = await self._retry("scout", self.roles.scout, query, "the crate scout")
+        found = _preferred_first(found, spec.preferred_crates)
+        for candidate in found:
+            self.recorder.record(candidate)
+        self.recorder.event(
+            "scout", "candidates_found", ", ".join(c.name for c in found), count=len(found)
+        )
+        return found
 
     def _failed(self, step: Step, reason: str, *, candidate_id: str | None = None) -> RunFailed:
         failure = StepFailed(
@@ -276,109 +316,22 @@ class Supervisor:
                     raise RunFailed(failure, journal=self.recorder.path) from None
         raise AssertionError("unreachable")
 
-    async def _develop(self, candidate: CrateCandidate, spec: ToolSpec) -> Developed:
-        """One candidate from fork to its last test; never raises but on cancellation."""
-        limit = self.plan.step("code").deadline
-        try:
-            async with asyncio.timeout(limit) as timer:
-                return await self.roles.develop(candidate, spec)
-        except TimeoutError as exc:
-            error: BaseException = (
-                StepTimedOut(f"candidate {candidate.candidate_id}", limit)
-                if timer.expired()
-                else exc
-            )
-        except Exception as exc:  # a crashed or lost role: one failed candidate, not a run
-            error = exc
-        return None, step_failed(self.run_id, "code", error, candidate_id=candidate.candidate_id)
-
-    async def _race(self, candidates: list[CrateCandidate], spec: ToolSpec) -> Winner | None:
-        self._step = "code"
-        events = self.recorder
-        running: dict[asyncio.Task[Developed], CrateCandidate] = {}
-        for candidate in candidates:
-            events.event(
-                "code", "candidate_started", candidate.name, candidate_id=candidate.candidate_id
-            )
-            self._live.add(candidate.candidate_id)
-            running[asyncio.ensure_future(self._develop(candidate, spec))] = candidate
-        winners: list[Winner] = []
-        started = time.monotonic()
-        try:
-            while running:
-                done, _ = await asyncio.wait(
-                    running, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    waiting = ", ".join(c.candidate_id for c in running.values())
-                    self._progress("code", f"waiting for {waiting}", started)
-                    continue
-                for task in done:
-                    candidate = running.pop(task)
-                    workspace, outcome = task.result()
-                    if workspace is not None:
-                        events.record(workspace)
-                    events.record(outcome)
-                    green = isinstance(outcome, CandidateResult) and outcome.status == "green"
-                    if green and workspace is not None:
-                        assert isinstance(outcome, CandidateResult)
-                        name = "candidate_passed" if self.all_candidates else "candidate_won"
-                        detail = f"green after {outcome.attempts} attempts"
-                        events.event("code", name, detail, candidate_id=candidate.candidate_id)
-                        winners.append(Winner(candidate, workspace, outcome))
-                    else:
-                        await self._end(candidate.candidate_id)
-                        events.event(
-                            "code",
-                            "candidate_failed",
-                            result_reason(outcome)[:500],
-                            candidate_id=candidate.candidate_id,
-                        )
-                        await self._clean(candidate.candidate_id, "failed")
-                if winners and not self.all_candidates:
-                    await self._cancel(running)
-                    running = {}
-                    return winners[0]
-        finally:
-            for task in running:  # the race itself was cancelled or failed: end what runs
-                task.cancel()
-            for candidate in running.values():
-                await self._end(candidate.candidate_id)
-        if not winners:
-            return None
-        best = max(winners, key=lambda winner: winner.candidate.score)
-        for other in winners:
-            if other is not best:
-                await self._end(other.candidate.candidate_id)
-                await self._clean(other.candidate.candidate_id, "superseded")
-        return best
-
-    async def _end(self, candidate_id: str) -> None:
-        """End a candidate's roles (they free what they hold); idempotent, never raises."""
-        self._live.discard(candidate_id)
-        try:
-            await asyncio.wait_for(self.roles.end_candidate(candidate_id), END_TIMEOUT_S)
-        except Exception as exc:
-            log.warning("candidate_end_failed", candidate=candidate_id, error=str(exc))
-
-    async def _cancel(self, running: dict[asyncio.Task[Developed], CrateCandidate]) -> None:
-        for task, candidate in running.items():
-            task.cancel()
-            await self._end(candidate.candidate_id)
-            self.recorder.event(
-                "code",
-                "candidate_cancelled",
-                "another candidate won",
-                candidate_id=candidate.candidate_id,
-            )
-            await self._clean(candidate.candidate_id, "cancelled")
-        await asyncio.gather(*running, return_exceptions=True)
-
     async def _deploy(
-        self, winner: Winner, spec: ToolSpec, backtracks: int
+        self, winner: Winner, spec: ToolSpec, backtracks: int, history: RunHistory
     ) -> tuple[Deployment, int]:
         retries = self.plan.step("deploy").retries
         candidate_id = winner.candidate.candidate_id
+        saved = history.deployment
+        if (
+            saved is not None
+            and saved.candidate_id == candidate_id
+            and saved.commit == winner.result.head_commit
+            and self.still_deployed(saved)
+        ):
+            self.recorder.event(
+                "deploy", "deployment_reused", saved.store_path, candidate_id=candidate_id
+            )
+            return saved, backtracks
         for attempt in range(retries + 1):
             try:
                 outcome = await self._call(
@@ -423,21 +376,15 @@ class Supervisor:
             winner.result = revised
         raise AssertionError("unreachable")
 
-    async def _clean(self, candidate_id: str | None, reason: CleanupReason) -> None:
-        request = CleanupRequest(run_id=self.run_id, candidate_id=candidate_id, reason=reason)
-        self.recorder.record(request)
-        try:
-            report = await asyncio.wait_for(self.roles.clean(request), CLEAN_TIMEOUT_S)
-        except Exception as exc:  # cleaning must not end a run; the janitor can run again later
-            self.recorder.event(
-                "clean",
-                "cleanup_failed",
-                f"{type(exc).__name__}: {exc}"[:500],
-                candidate_id=candidate_id,
-            )
-            log.warning("cleanup_failed", candidate=candidate_id, error=str(exc))
-            return
-        self.recorder.record(report)
+
+def _still_deployed(deployment: Deployment) -> bool:
+    """A journalled deployment whose store path and GC root are still there (a service is
+    started again: its process went with the run)."""
+    return (
+        deployment.service is None
+        and Path(deployment.store_path).exists()
+        and Path(deployment.gc_root).is_symlink()
+    )
 
 
 def _preferred_first(found: list[CrateCandidate], preferred: list[str]) -> list[CrateCandidate]:

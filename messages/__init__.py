@@ -45,7 +45,7 @@ from messages.deploy import (
     ToolManifest,
     WorkedExample,
 )
-from messages.run import RunEvent, StepFailed
+from messages.run import RunEvent, RunStarted, StepFailed
 from messages.spec import AcceptanceCase, ServiceProbe, ServiceSettings, ToolRequest, ToolSpec
 
 AnyMessage = Annotated[
@@ -62,7 +62,8 @@ AnyMessage = Annotated[
     | CleanupRequest
     | CleanupReport
     | StepFailed
-    | RunEvent,
+    | RunEvent
+    | RunStarted,
     Field(discriminator="kind"),
 ]
 
@@ -85,6 +86,7 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     CleanupReport,
     StepFailed,
     RunEvent,
+    RunStarted,
 )
 
 
@@ -133,6 +135,7 @@ __all__ = [
     "RemovedItem",
     "ReplaceInFile",
     "RunEvent",
+    "RunStarted",
     "ScoreParts",
     "ServiceInstance",
     "ServiceProbe",

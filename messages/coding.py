@@ -15,6 +15,7 @@ from messages.base import (
     NonEmptyText,
     Part,
     RelativePath,
+    RunId,
     VersionReq,
 )
 
@@ -172,6 +173,9 @@ class CandidateResult(Message):
     last_report: TestReport | None = None
     score: float = Field(default=0.0, ge=0)
     detail: str = ""
+    reused_from: RunId | None = Field(
+        default=None, description="The earlier run whose verified result this is, if reused."
+    )
 
     @model_validator(mode="after")
     def _status_agrees(self) -> CandidateResult:

@@ -1,13 +1,14 @@
-"""The run's own bookkeeping: a step that failed, and the events that make up a run's history."""
+"""The run's own bookkeeping: how it was started, a step that failed, and the events that make up
+a run's history."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, JsonValue, StringConstraints
 
-from messages.base import CandidateId, Message, NonEmptyText, Step
+from messages.base import CandidateId, Message, NonEmptyText, RegistryRef, Step
 
 EventName = Annotated[
     str,
@@ -46,3 +47,19 @@ class RunEvent(Message):
     data: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")], Scalar] = Field(
         default_factory=dict
     )
+
+
+class RunStarted(Message):
+    """How a run was started, recorded first: what `flakebot resume` needs to go on with it.
+    Names the model, never its key."""
+
+    kind: Literal["run_started"] = "run_started"
+    model: str | None = Field(
+        default=None, description="groq:NAME, openai:URL#NAME or scripted:FILE (absolute)."
+    )
+    registry: RegistryRef
+    candidates: int = Field(ge=1, le=64)
+    all_candidates: bool = False
+    plan: dict[str, JsonValue] = Field(description="The run's plan (flakebot.runplan.RunPlan).")
+    run_timeout_s: float | None = Field(default=None, gt=0)
+    heartbeat_s: float = Field(default=30.0, gt=0)

@@ -30,6 +30,17 @@ def copy_crates(registry: Path, *directories: str) -> Path:
     return registry
 
 
+# A hex dump tool in a few lines: what the test crates print when they work.
+QUICKHEX = """use std::io::Read;
+fn main() {
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input).unwrap();
+    let hex: Vec<String> = input.iter().map(|b| format!("{:02x}", b)).collect();
+    println!("{}", hex.join(" "));
+}
+"""
+
+
 def make_crate(
     registry: Path,
     name: str,

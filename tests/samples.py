@@ -218,6 +218,13 @@ SAMPLES: dict[str, m.Message] = {
         event="crate_forked",
         data={"crate": "hexyl", "seconds": 1.5},
     ),
+    "run_started": m.RunStarted(
+        run_id=RUN,
+        model="scripted:/work/examples/hexview-script.yaml",
+        registry=DEBIAN,
+        candidates=3,
+        plan={"max_backtracks": 4, "steps": [{"step": "plan"}]},
+    ),
 }
 
 # For each kind: a field, a value that field must reject, and the field's path in the error.
@@ -236,4 +243,5 @@ MALFORMED: dict[str, tuple[str, object]] = {
     "cleanup_report": ("removed", [{"what": "workspace", "path": "/x", "bytes_freed": -1}]),
     "step_failed": ("step", "compile"),
     "run_event": ("event", "CrateForked"),
+    "run_started": ("candidates", 0),
 }

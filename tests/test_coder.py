@@ -4,6 +4,8 @@ wrong fix to green, bad replies that are fed back, bounds, and no edit when none
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
@@ -11,13 +13,16 @@ import pytest
 
 from flakebot.coder import AttemptOutcome, CodeLoop, LocalTestRunner
 from flakebot.crates.index import CrateIndex
+from flakebot.errors import RoleLost
 from flakebot.fork import Forker
+from flakebot.journal import Journal
 from flakebot.models import Budget, ScriptedModel, Transcript
+from flakebot.models.journalled import JournalledModel
 from flakebot.models.scripted import Script
 from flakebot.sandbox import Sandbox
 from flakebot.settings import Settings
 from flakebot.tester import Tester
-from messages import AcceptanceCase, OutputCheck, ToolSpec, Workspace
+from messages import AcceptanceCase, OutputCheck, TestReport, ToolSpec, Workspace
 from tests.conftest import Cli, candidate
 
 pytestmark = pytest.mark.slow
@@ -191,6 +196,82 @@ def test_a_crate_that_already_passes_gets_no_edit(
     result = asyncio.run(loop(model, forker, sandbox, debian_index).run(workspace, SPEC))
     assert (result.status, result.attempts) == ("green", 0)
     assert model.calls == []
+
+
+@dataclass
+class DiesAt:
+    """The tester, in a coder whose process dies when it starts testing `attempt`."""
+
+    runner: LocalTestRunner
+    attempt: int
+    tested: list[int] = field(default_factory=list)
+
+    async def test(
+        self,
+        workdir: Path,
+        target_dir: Path,
+        *,
+        run_id: str,
+        candidate_id: str,
+        attempt: int,
+        lint_warn: Sequence[str] = (),
+    ) -> TestReport:
+        if attempt == self.attempt:
+            raise RoleLost("the coder's worker process died")
+        self.tested.append(attempt)
+        return await self.runner.test(
+            workdir,
+            target_dir,
+            run_id=run_id,
+            candidate_id=candidate_id,
+            attempt=attempt,
+            lint_warn=lint_warn,
+        )
+
+
+def test_a_coder_that_dies_mid_loop_goes_on_at_its_last_journalled_attempt(
+    forker: Forker, sandbox: Sandbox, debian_index: CrateIndex
+) -> None:
+    workspace = planted_fork(forker, "c5-resumed")
+    fix = {"op": "replace", "path": "src/squeezer.rs", "search": PLANTED, "replace": ""}
+    miss = {"op": "write", "path": "NOTES.md", "content": "tried a note first\n"}
+    script = Script.model_validate(
+        {
+            "replies": [
+                {"attempt": 1, "json": {"summary": "a note", "edits": [miss]}},
+                {"attempt": 2, "json": {"summary": "drop the constant", "edits": [fix]}},
+            ]
+        }
+    )
+    journal = Journal(forker.settings.journal_path)
+    runner = LocalTestRunner(Tester(sandbox))
+    first = DiesAt(runner, attempt=2)
+    dying = loop(ScriptedModel(script), forker, sandbox, debian_index, journal=journal)
+    dying.model = JournalledModel(dying.model, journal, "t")
+    dying.tester = first
+    with pytest.raises(RoleLost):
+        asyncio.run(dying.run(workspace, SPEC))
+    assert first.tested == [0, 1]
+    squeezer = Path(workspace.path) / "src" / "squeezer.rs"
+    assert PLANTED not in squeezer.read_text()  # attempt 2 was applied, never committed
+
+    silent = ScriptedModel(Script(replies=[]))  # any real call now fails the loop
+    again = DiesAt(runner, attempt=-1)
+    restarted = loop(silent, forker, sandbox, debian_index, journal=journal)
+    restarted.model = JournalledModel(silent, journal, "t")
+    restarted.tester = again
+    result = asyncio.run(restarted.run(workspace, SPEC))
+    assert (result.status, result.attempts) == ("green", 2), result.detail
+    assert again.tested == [2] and silent.calls == []  # nothing tested or asked twice
+    reports = journal.messages_of("t", "test_report", "c5-resumed")
+    assert [r.attempt for r in reports if isinstance(r, TestReport)] == [0, 1, 2]
+    replies = [r for r in journal.replies("t") if "/c5-resumed/" in r.asker]
+    assert {(r.asker, r.requests, r.replays) for r in replies} == {
+        ("coder/code/c5-resumed/1", 1, 0),
+        ("coder/code/c5-resumed/2", 1, 1),
+    }
+    messages = [attempt.message for attempt in forker.attempts(workspace)]
+    assert [m.split(":")[0] for m in messages[-3:]] == ["flakebot", "attempt 1", "attempt 2"]
 
 
 def test_cli_plan_and_code_with_the_example_script(cli: Cli, shared_settings: Settings) -> None:

@@ -38,7 +38,7 @@ from messages import (
     ToolSpec,
     parse_message,
 )
-from tests.registry_helpers import make_crate
+from tests.registry_helpers import QUICKHEX, make_crate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -101,16 +101,6 @@ def test_end_to_end_on_hexyl(ray_home: Settings) -> None:
     assert report.failures == [] and not (ray_home.workspaces_dir / manifest.run_id).exists()
     assert set(os.listdir("/nix/store")) <= store_before  # what the run added is gone
     assert cargo_slots_all_free()
-
-
-QUICKHEX = """use std::io::Read;
-fn main() {
-    let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).unwrap();
-    let hex: Vec<String> = input.iter().map(|b| format!("{:02x}", b)).collect();
-    println!("{}", hex.join(" "));
-}
-"""
 
 
 def test_two_candidates_first_cannot_build_second_wins(ray_home: Settings, tmp_path: Path) -> None:

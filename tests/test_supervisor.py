@@ -83,6 +83,7 @@ def result(c: CrateCandidate, green: bool) -> CandidateResult:
         ended_by="green" if green else "max_attempts",
         attempts=1,
         workspace_path=f"/w/{c.candidate_id}",
+        head_commit=COMMIT,
         last_report=report,
     )
 
@@ -103,6 +104,7 @@ class TableRoles:
             raise self.crash[role]
 
     async def plan(self, request: ToolRequest) -> ToolSpec:
+        self.calls.append("plan")
         self._maybe_crash("plan")
         return SPEC
 
@@ -131,6 +133,7 @@ class TableRoles:
         return result(candidate(ws.crate_name, 1), True)
 
     async def deploy(self, ws: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
+        self.calls.append(f"deploy {ws.candidate_id}")
         self._maybe_crash("deploy")
         if self.deploy_failures:
             self.deploy_failures -= 1
@@ -157,6 +160,7 @@ class TableRoles:
         )
 
     async def instruct(self, ws: Workspace, spec: ToolSpec, deployment: Deployment) -> ToolManifest:
+        self.calls.append(f"instruct {ws.candidate_id}")
         self._maybe_crash("instruct")
         return ToolManifest(
             run_id="r",
@@ -196,7 +200,8 @@ def supervise(
     *,
     max_backtracks: int = 4,
     code_timeout: float | None = None,
-    **options: float,
+    recorder: Recorder | None = None,
+    **options: object,
 ) -> tuple[Supervisor, Recorder]:
     plan = default_plan().model_copy(update={"max_backtracks": max_backtracks})
     if code_timeout is not None:
@@ -205,9 +210,14 @@ def supervise(
             for step in plan.steps
         ]
         plan = plan.model_copy(update={"steps": steps})
-    recorder = Recorder("r")
+    recorder = recorder or Recorder("r")
     supervisor = Supervisor(
-        roles=roles, recorder=recorder, registry=REGISTRY, plan=plan, candidates=2, **options
+        roles=roles,
+        recorder=recorder,
+        registry=REGISTRY,
+        plan=plan,
+        candidates=2,
+        **options,  # type: ignore[arg-type]
     )
     return supervisor, recorder
 

@@ -1,4 +1,4 @@
-"""`flakebot run`: the whole job for one request, through Ray."""
+"""`flakebot run`: the whole job for one request, through Ray; `flakebot resume`: a killed one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flakebot import manifest as manifests
 from flakebot.cli import JsonFlag, RegistryOption, app, err, load_settings, out, print_json
 from flakebot.cli.coding import ModelOption
 from flakebot.driver import Flakebot
-from messages import RunEvent, dump_message
+from messages import RunEvent, ToolManifest, dump_message
 
 MARKS = {
     "run_backtracked": "[yellow]↩[/]",
@@ -25,6 +25,9 @@ MARKS = {
     "run_failed": "[red]✗[/]",
     "cleanup_failed": "[yellow]![/]",
     "progress_reported": "[dim]…[/]",
+    "run_resumed": "[cyan]↻[/]",
+    "candidate_reused": "[green]✓[/]",
+    "deployment_reused": "[green]✓[/]",
 }
 
 
@@ -56,18 +59,6 @@ def run_command(
     prints the step that failed, why, and its journal, and exits 3.
     """
     settings = load_settings()
-    terminal = sys.stderr.isatty()
-
-    def show(event: RunEvent) -> None:
-        if terminal:
-            who = f"[bold]{event.candidate_id}[/] " if event.candidate_id else ""
-            mark = MARKS.get(event.event, "·")
-            what = event.event.replace("_", " ")
-            err.print(f"{mark} {event.step:<8} {who}{what}: {escape(event.detail)}")
-        else:
-            sys.stderr.write(dump_message(event) + "\n")
-            sys.stderr.flush()
-
     bot = Flakebot(
         model=model,
         registry=registry,
@@ -82,6 +73,41 @@ def run_command(
         manifest = bot.build(request, on_event=show)
     finally:
         bot.close()
+    _print(manifest, as_json=as_json)
+
+
+@app.command("resume")
+def resume_command(
+    run_id: Annotated[str, typer.Argument(help="The run to go on with (see flakebot status).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Go on with a killed run from its journal, with the options it was started with.
+
+    Steps whose results are journalled are not done again: the spec is not re-planned, forks
+    are reused at their commit, green reports are not rerun, a deployed store path is reused,
+    and journalled model replies are not asked for again. Prints what `flakebot run` prints.
+    """
+    bot = Flakebot(settings=load_settings())
+    try:
+        manifest = bot.resume(run_id, on_event=show)
+    finally:
+        bot.close()
+    _print(manifest, as_json=as_json)
+
+
+def show(event: RunEvent) -> None:
+    """One event on stderr: a readable line on a terminal, a run_event JSON line otherwise."""
+    if sys.stderr.isatty():
+        who = f"[bold]{event.candidate_id}[/] " if event.candidate_id else ""
+        mark = MARKS.get(event.event, "·")
+        what = event.event.replace("_", " ")
+        err.print(f"{mark} {event.step:<8} {who}{what}: {escape(event.detail)}")
+    else:
+        sys.stderr.write(dump_message(event) + "\n")
+        sys.stderr.flush()
+
+
+def _print(manifest: ToolManifest, *, as_json: bool) -> None:
     if as_json:
         print_json(manifest)
     else:
