@@ -122,6 +122,11 @@ class Race:
         self, candidates: list[CrateCandidate], spec: ToolSpec, history: RunHistory
     ) -> Winner | None:
         events = self.recorder
+        for candidate in candidates:  # failed, and killed before it was cleaned
+            candidate_id = candidate.candidate_id
+            failed = candidate_id in history.results and history.green(candidate_id) is None
+            if failed and candidate_id not in history.ended:
+                await self.clean(candidate_id, "failed")
         winners, candidates = self._decided(candidates, history)
         if winners and not self.all_candidates:
             for candidate in candidates:  # never started again: cleaned as cancelled

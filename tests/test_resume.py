@@ -19,7 +19,15 @@ from flakebot.recorder import Recorder
 from flakebot.resume import RunHistory, check_resumable
 from flakebot.runstate import RunRecord
 from flakebot.verified import VerifiedResults, result_key
-from messages import AnyMessage, CrateCandidate, RunEvent, RunStarted, ScoreParts, ToolManifest
+from messages import (
+    AnyMessage,
+    CandidateResult,
+    CrateCandidate,
+    RunEvent,
+    RunStarted,
+    ScoreParts,
+    ToolManifest,
+)
 from tests.conftest import Cli
 from tests.test_supervisor import COMMIT, REGISTRY, SPEC, TableRoles, supervise
 
@@ -188,3 +196,17 @@ def test_a_verified_result_is_keyed_by_everything_it_depends_on(tmp_path: Path) 
     results.bundle(key).write_bytes(b"x")
     assert results.find(key) is None  # damaged: no result, no crash
     assert results.clear() == 1 and not results.directory.exists()
+
+
+def test_a_candidate_that_failed_but_was_not_yet_cleaned_is_cleaned_not_developed(
+    tmp_path: Path,
+) -> None:
+    messages, _ = first_run(tmp_path)
+    failed = next(
+        index
+        for index, message in enumerate(messages)
+        if isinstance(message, CandidateResult) and message.candidate_id == "c1-a"
+    )
+    _, roles, _ = resume(messages[: failed + 1])
+    assert "clean c1-a failed" in roles.calls and "developed a" not in roles.calls
+    assert "developed b" in roles.calls

@@ -118,7 +118,7 @@ def test_a_driver_killed_in_the_code_step_resumes_to_a_deployed_tool(
     run_id = row.run_id
     wait_for(lambda: not RunRecord(home, run_id).in_progress(), 60, "the run's lock was released")
     try:
-        wait_for(lambda: not processes_of(home), 60, "the killed run's processes ended")
+        wait_for(lambda: not processes_of(home), 120, "the killed run's processes ended")
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {processes_of(home)}") from None
     status = cli("status", run_id, "--json")
