@@ -6,6 +6,8 @@
 - a deploy failure sends the run back to the coder with the Nix log, and it then succeeds;
 - a first batch of three that all fail fast on two cargo slots goes on to the next batch;
 - a candidate whose actor is killed is a failed candidate, and the run goes on;
+- a tester or coder whose worker process dies is restarted, and the run deploys (the coder going
+  on from the journal, its model reply replayed);
 - `build_many` returns every request's result, whichever fail;
 - after every run the cluster's cargo slots are all free again.
 """
@@ -35,6 +37,7 @@ from messages import (
     CleanupRequest,
     OutputCheck,
     RunEvent,
+    TestReport,
     ToolSpec,
     parse_message,
 )
@@ -387,5 +390,61 @@ def test_a_tester_whose_worker_dies_mid_build_is_restarted_and_the_run_deploys(
     assert not [e for e in events if e.event == "candidate_failed"]
     with pytest.raises(ProcessLookupError):
         os.kill(killed[0], 0)
+    assert cargo_slots_all_free()
+    Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
+
+
+def test_a_coder_whose_worker_dies_mid_loop_is_restarted_and_goes_on_from_the_journal(
+    ray_home: Settings, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    todo = 'fn main() { println!("todo"); }\n'
+    make_crate(
+        registry,
+        "todohex",
+        "0.1.0",
+        description="hex dump tool",
+        files={"build.rs": SLOW_BUILD, "src/main.rs": todo},
+    )
+    fix = {"op": "write", "path": "src/main.rs", "content": QUICKHEX}
+    script = tmp_path / "script.json"
+    reply = {"role": "coder", "attempt": 1, "json": {"summary": "hex", "edits": [fix]}}
+    script.write_text(json.dumps({"replies": [reply]}))
+    journal_db = Journal(ray_home.journal_path)
+    killed: list[int] = []
+
+    def kill_the_coder_mid_attempt() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            proposed = [
+                run_row.run_id
+                for run_row in journal_db.runs()
+                if journal_db.messages_of(run_row.run_id, "edit_proposal", "c1-todohex")
+            ]
+            building = run(["pgrep", "-f", "todohex-.*/build-script-build"], timeout=10)
+            coders = run(["pgrep", "-f", "^ray::CoderActor"], timeout=10).stdout.split()
+            if proposed and building.returncode == 0 and len(coders) == 1:
+                os.kill(int(coders[0]), signal.SIGKILL)  # its worker process, not ray.kill
+                killed.append(int(coders[0]))
+                return
+            time.sleep(0.3)
+
+    killer = threading.Thread(target=kill_the_coder_mid_attempt, daemon=True)
+    killer.start()
+    events: list[RunEvent] = []
+    bot = Flakebot(
+        model=f"scripted:{script}", registry=f"local:{registry}", candidates=1, settings=ray_home
+    )
+    manifest = bot.build(hexdump_spec(preferred_crates=["todohex"]), on_event=events.append)
+    killer.join()
+    assert killed, "the coder's attempt was never seen"
+    assert manifest.provenance.crate_name == "todohex" and manifest.store_path
+    assert not [e for e in events if e.event == "candidate_failed"]
+    replies = journal_db.replies(manifest.run_id)
+    assert [(r.asker, r.requests, r.replays) for r in replies] == [
+        ("coder/code/c1-todohex/1", 1, 1)  # the restarted coder was given it, not the model
+    ]
+    reports = journal_db.messages_of(manifest.run_id, "test_report", "c1-todohex")
+    assert [r.attempt for r in reports if isinstance(r, TestReport)] == [0, 1]
     assert cargo_slots_all_free()
     Janitor(ray_home).clean(CleanupRequest(run_id=manifest.run_id))
