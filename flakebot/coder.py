@@ -13,6 +13,12 @@ it. Lints are judged against the unmodified crate: clippy errors the fork had be
 (deny-by-default lints in upstream code) are recorded in the fork's history and reported as
 warnings from then on; what the edits add must be clean. The loop remembers every attempt of the
 candidate (flakebot.coder_prompt.AttemptRecord), rebuilt from the fork's history when it starts.
+
+With the run's journal, every proposal and every test report (with the commit it tested) is
+committed to it. A loop that starts on a fork with journalled reports (a resumed run, a coder
+whose process died and was restarted) puts the branch back to the last reported commit and goes
+on from that report without testing it again; the model's replies after it come from the
+journal too (flakebot.models.journalled), so nothing is done or asked twice.
 """
 
 from __future__ import annotations
