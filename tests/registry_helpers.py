@@ -127,3 +127,27 @@ def crate_tarball(name: str, version: str, files: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return gzip.compress(buffer.getvalue())
+
+
+# The scripted coder's one reply that turns `todohex` into a hex dump tool.
+TODOHEX_FIX = {
+    "role": "coder",
+    "attempt": 1,
+    "json": {
+        "summary": "print the bytes as hex",
+        "edits": [{"op": "write", "path": "src/main.rs", "content": QUICKHEX}],
+    },
+}
+
+
+def make_todohex(registry: Path, *, build_s: int) -> Path:
+    """`todohex`: a crate that prints `todo` until TODOHEX_FIX, whose build script sleeps
+    `build_s` seconds (time to kill something mid-build)."""
+    sleeps = f"fn main() {{ std::thread::sleep(std::time::Duration::from_secs({build_s})); }}\n"
+    return make_crate(
+        registry,
+        "todohex",
+        "0.1.0",
+        description="hex dump tool",
+        files={"build.rs": sleeps, "src/main.rs": 'fn main() { println!("todo"); }\n'},
+    )

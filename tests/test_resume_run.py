@@ -27,11 +27,10 @@ from flakebot.journal import Journal
 from flakebot.runstate import RunRecord
 from messages import RunEvent, TestReport, ToolManifest
 from tests.conftest import FLAKEBOT, Cli
-from tests.registry_helpers import QUICKHEX, make_crate
+from tests.registry_helpers import TODOHEX_FIX, make_todohex
 
 pytestmark = pytest.mark.slow
 
-SLOW_BUILD = "fn main() { std::thread::sleep(std::time::Duration::from_secs(6)); }\n"
 SPEC = {
     "name": "hexdump",
     "summary": "Prints the bytes of stdin as hex.",
@@ -41,18 +40,7 @@ SPEC = {
         {"name": "dumps", "stdin": "AB", "stdout": {"match": "contains", "value": "41 42"}}
     ],
 }
-SCRIPT = {
-    "replies": [
-        {
-            "role": "coder",
-            "attempt": 1,
-            "json": {
-                "summary": "print the bytes as hex",
-                "edits": [{"op": "write", "path": "src/main.rs", "content": QUICKHEX}],
-            },
-        }
-    ]
-}
+SCRIPT = {"replies": [TODOHEX_FIX]}
 
 
 def processes_of(home: Path) -> list[str]:
@@ -88,14 +76,7 @@ def test_a_driver_killed_in_the_code_step_resumes_to_a_deployed_tool(
     cli: Cli, home: Path, tmp_path: Path
 ) -> None:
     registry = tmp_path / "registry"
-    todo = 'fn main() { println!("todo"); }\n'
-    make_crate(
-        registry,
-        "todohex",
-        "0.1.0",
-        description="hex dump tool",
-        files={"build.rs": SLOW_BUILD, "src/main.rs": todo},
-    )
+    make_todohex(registry, build_s=6)
     spec, script = tmp_path / "hexdump.yaml", tmp_path / "script.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
     script.write_text(yaml.safe_dump(SCRIPT))

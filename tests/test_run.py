@@ -41,7 +41,7 @@ from messages import (
     ToolSpec,
     parse_message,
 )
-from tests.registry_helpers import QUICKHEX, make_crate
+from tests.registry_helpers import QUICKHEX, TODOHEX_FIX, make_crate, make_todohex
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -398,18 +398,9 @@ def test_a_coder_whose_worker_dies_mid_loop_is_restarted_and_goes_on_from_the_jo
     ray_home: Settings, tmp_path: Path
 ) -> None:
     registry = tmp_path / "registry"
-    todo = 'fn main() { println!("todo"); }\n'
-    make_crate(
-        registry,
-        "todohex",
-        "0.1.0",
-        description="hex dump tool",
-        files={"build.rs": SLOW_BUILD, "src/main.rs": todo},
-    )
-    fix = {"op": "write", "path": "src/main.rs", "content": QUICKHEX}
+    make_todohex(registry, build_s=8)
     script = tmp_path / "script.json"
-    reply = {"role": "coder", "attempt": 1, "json": {"summary": "hex", "edits": [fix]}}
-    script.write_text(json.dumps({"replies": [reply]}))
+    script.write_text(json.dumps({"replies": [TODOHEX_FIX]}))
     journal_db = Journal(ray_home.journal_path)
     killed: list[int] = []
 
