@@ -14,14 +14,20 @@ it is gone). Ray's errors become Flakebot's
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
+import structlog
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.run_store import RemoteRunStore, RunStoreActor
+from actors.secrets import SecretRefs, received
+from flakebot.crates.fetch import dependency_dir
 from flakebot.errors import BudgetExceeded, RoleLost
 from flakebot.logs import bind_context
 from flakebot.models import Budget, Usage
@@ -36,6 +42,7 @@ from messages import (
     CrateCandidate,
     CrateQuery,
     Deployment,
+    RegistryRef,
     StepFailed,
     TestReport,
     ToolManifest,
@@ -47,13 +54,14 @@ from messages import (
 # Ray's decorated classes and handles are not typed for mypy: handles are Any here, and the
 # `.remote`/`.options` calls on actor classes carry `type: ignore[attr-defined]`.
 Handle = Any
+log = structlog.get_logger()
 
 
 @ray.remote(num_cpus=0)
 class PlannerActor:
-    def __init__(self, model_ref: ModelRef | None) -> None:
+    def __init__(self, model_ref: ModelRef | None, secrets: SecretRefs) -> None:
         bind_context(actor="planner")
-        self.role = PlannerRole(Settings.from_env(), model_ref)
+        self.role = PlannerRole(received(Settings.from_env(), secrets), model_ref)
 
     async def plan(self, request: ToolRequest) -> ToolSpec:
         bind_context(run_id=request.run_id)
@@ -75,15 +83,18 @@ class ScoutActor:
 
 
 RESTARTS = 2  # a tester's or coder's worker process may die this often
+RESCHEDULES = 2  # a candidate may lose its node this often, and go on on another
+NODE_DEATH_WAIT_S = 60.0  # Ray's health checks declare a lost node dead within about 30 s
 
 
 @ray.remote(num_cpus=0, resources={"cargo": 1})
 class TesterActor:
     """Runs cargo for one candidate; holds one of its node's cargo slots while it lives."""
 
-    def __init__(self, read_only: list[str]) -> None:
+    def __init__(self, registry: RegistryRef) -> None:
         bind_context(actor="tester")
-        self.tester = Tester(Sandbox(Toolchain.find(), read_only=tuple(Path(p) for p in read_only)))
+        directory = dependency_dir(Settings.from_env().home, registry)  # this node's copy
+        self.tester = Tester(Sandbox.for_registry(Toolchain.find(), directory))
 
     def node_id(self) -> str:
         return str(ray.get_runtime_context().get_node_id())
@@ -168,16 +179,28 @@ class RemoteTestRunner:
 
 @ray.remote(num_cpus=0)
 class CoderActor:
+    """A candidate's coder. On a node other than the run's home, it journals to the home and
+    hands its fork over there after each test report (flakebot.run_store)."""
+
     def __init__(
-        self, model_ref: ModelRef | None, tester: Handle, max_attempts: int, budget: Handle
+        self,
+        model_ref: ModelRef | None,
+        tester: Handle,
+        max_attempts: int,
+        budget: Handle,
+        home: tuple[str, Handle],
+        secrets: SecretRefs,
     ) -> None:
         bind_context(actor="coder")
+        home_node, store = home
+        away = ray.get_runtime_context().get_node_id() != home_node
         self.role = DeveloperRole(
-            Settings.from_env(),
+            received(Settings.from_env(), secrets),
             model_ref,
             RemoteTestRunner(tester),
             max_attempts=max_attempts,
             budget=SharedBudget(budget),
+            store=RemoteRunStore(store) if away else None,
         )
 
     async def develop(
@@ -235,6 +258,24 @@ def _on(node_id: str) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
 
 
+def node_alive(node_id: str) -> bool:
+    """Does the cluster still count this node alive?"""
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return any(node["NodeID"] == node_id and node["Alive"] for node in nodes)
+
+
+async def node_died(node_id: str, *, wait: float) -> bool:
+    """Is the node dead, or declared dead within `wait` seconds? An actor on a node that just
+    went away is unreachable some seconds before the cluster's health checks declare the node
+    dead."""
+    deadline = time.monotonic() + wait
+    while node_alive(node_id):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.5)
+    return True
+
+
 async def answer(ref: Any, role: str) -> Any:
     """A remote call's result; Ray's errors become ours: a crash is re-raised as what the role
     raised (with the remote traceback as a note), a dead actor or node is RoleLost."""
@@ -261,20 +302,31 @@ class _Candidate:
 @dataclass
 class RayRoles:
     """Roles for one run, as Ray actors. A candidate's coder and tester live exactly as long as
-    the candidate: `end_candidate` kills them, which gives their node's cargo slot back."""
+    the candidate: `end_candidate` kills them, which gives their node's cargo slot back.
+
+    Made in the supervisor's process: that node is the run's home, where the planner, the scout,
+    the run's store (journal and forks handed over) and every deploy run."""
 
     run_id: str
     model_ref: ModelRef | None
-    read_only: list[str] = field(default_factory=list)
+    home: str
+    registry: RegistryRef
+    secrets: SecretRefs = field(default_factory=list)  # the model's key: actors.secrets
     max_attempts: int = 4
     planner: Handle | None = None
     scout_actor: Handle | None = None
     budget: Handle | None = None
+    store: Handle | None = None
+    home_node: str = ""
     candidates: dict[str, _Candidate] = field(default_factory=dict)
+    reschedules: int = RESCHEDULES
     _spawned: int = 0
 
     def __post_init__(self) -> None:
-        self.budget = BudgetActor.remote()  # type: ignore[attr-defined]
+        self.home_node = str(ray.get_runtime_context().get_node_id())
+        here = _on(self.home_node)
+        self.budget = BudgetActor.options(scheduling_strategy=here).remote()  # type: ignore[attr-defined]
+        self.store = RunStoreActor.options(scheduling_strategy=here).remote(self.home)
 
     def _name(self, what: str) -> str:
         self._spawned += 1
@@ -282,12 +334,16 @@ class RayRoles:
 
     def _planner(self) -> Handle:
         if self.planner is None:
-            self.planner = PlannerActor.remote(self.model_ref)  # type: ignore[attr-defined]
+            self.planner = PlannerActor.options(  # type: ignore[attr-defined]
+                scheduling_strategy=_on(self.home_node)
+            ).remote(self.model_ref, self.secrets)
         return self.planner
 
     def _scout(self) -> Handle:
         if self.scout_actor is None:
-            self.scout_actor = ScoutActor.remote()  # type: ignore[attr-defined]
+            self.scout_actor = ScoutActor.options(  # type: ignore[attr-defined]
+                scheduling_strategy=_on(self.home_node)
+            ).remote()
         return self.scout_actor
 
     async def _on_planner(self, call: Callable[[Handle], Any]) -> Any:
@@ -330,7 +386,7 @@ class RayRoles:
         }
         if node_id is not None:
             options["scheduling_strategy"] = _on(node_id)
-        tester = TesterActor.options(**options).remote(self.read_only)  # type: ignore[attr-defined]
+        tester = TesterActor.options(**options).remote(self.registry)  # type: ignore[attr-defined]
         known.actors.append(tester)
         known.node_id = await answer(tester.node_id.remote(), f"tester of {candidate_id}")
         coder = CoderActor.options(  # type: ignore[attr-defined]
@@ -338,7 +394,14 @@ class RayRoles:
             name=self._name(f"{candidate_id}/coder"),
             max_restarts=RESTARTS,
             max_task_retries=RESTARTS,
-        ).remote(self.model_ref, tester, self.max_attempts, self.budget)
+        ).remote(
+            self.model_ref,
+            tester,
+            self.max_attempts,
+            self.budget,
+            (self.home_node, self.store),
+            self.secrets,
+        )
         known.actors.append(coder)
         known.coder = coder
         return coder
@@ -346,11 +409,29 @@ class RayRoles:
     async def develop(
         self, candidate: CrateCandidate, spec: ToolSpec
     ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
-        coder = await self._coder_and_tester(candidate.candidate_id, None)
-        outcome: tuple[Workspace | None, CandidateResult | StepFailed] = await answer(
-            coder.develop.remote(candidate, spec), f"coder of {candidate.candidate_id}"
-        )
-        return outcome
+        """Develop on a new coder and tester, wherever a cargo slot is free. When their node dies,
+        the candidate goes on with a new pair on another node, from the fork it handed over."""
+        candidate_id = candidate.candidate_id
+        for tries in itertools.count():
+            coder = await self._coder_and_tester(candidate_id, None)
+            try:
+                outcome: tuple[Workspace | None, CandidateResult | StepFailed] = await answer(
+                    coder.develop.remote(candidate, spec), f"coder of {candidate_id}"
+                )
+                return outcome
+            except RoleLost as exc:
+                lost = self.candidates[candidate_id].node_id
+                unreachable = "ActorUnavailableError" in exc.message  # perhaps its node died
+                if (
+                    tries >= self.reschedules
+                    or lost is None
+                    or not await node_died(lost, wait=NODE_DEATH_WAIT_S if unreachable else 0.0)
+                ):
+                    raise
+                log.warning("candidate_rescheduled", candidate=candidate_id, lost_node=lost)
+                await self.end_candidate(candidate_id)
+                self.candidates[candidate_id].node_id = None
+        raise AssertionError("unreachable")
 
     async def revise(
         self, workspace: Workspace, spec: ToolSpec, evidence: str, after_attempt: int
@@ -366,21 +447,19 @@ class RayRoles:
         )
         return revised
 
-    def _node_of(self, candidate_id: str | None) -> NodeAffinitySchedulingStrategy | str:
-        known = self.candidates.get(candidate_id or "")
-        return _on(known.node_id) if known and known.node_id else "DEFAULT"
-
-    async def _once(self, actor_class: Any, candidate_id: str | None, call: str, *args: Any) -> Any:
-        """Call `call` on a fresh actor on the candidate's node, and end the actor."""
-        actor = actor_class.options(scheduling_strategy=self._node_of(candidate_id)).remote()
+    async def _once(self, actor_class: Any, node_id: str | None, call: str, *args: Any) -> Any:
+        """Call `call` on a fresh actor on `node_id` (the home when None), and end the actor."""
+        node = _on(node_id or self.home_node)
+        actor = actor_class.options(scheduling_strategy=node).remote()
         try:
             return await answer(getattr(actor, call).remote(*args), call.rstrip("e") + "er")
         finally:
             ray.kill(actor, no_restart=True)
 
     async def deploy(self, workspace: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
+        """Deploy at the run's home; a fork made on another node is received there first."""
         outcome: Deployment | StepFailed = await self._once(
-            DeployerActor, workspace.candidate_id, "deploy", workspace, spec
+            DeployerActor, None, "deploy", workspace, spec
         )
         return outcome
 
@@ -388,8 +467,25 @@ class RayRoles:
         self, workspace: Workspace, spec: ToolSpec, deployment: Deployment
     ) -> ToolManifest:
         manifest: ToolManifest = await self._once(
-            DeployerActor, workspace.candidate_id, "instruct", workspace, spec, deployment
+            DeployerActor, None, "instruct", workspace, spec, deployment
         )
+        known = self.candidates.get(workspace.candidate_id)
+        if (
+            known
+            and known.node_id
+            and known.node_id != self.home_node
+            and node_alive(known.node_id)
+        ):
+            # the home holds the deployed fork now: the worker's copy is not needed any more
+            request = CleanupRequest(
+                run_id=self.run_id, candidate_id=workspace.candidate_id, reason="superseded"
+            )
+            try:
+                await self._once(JanitorActor, known.node_id, "clean", request)
+            except RoleLost as exc:
+                log.warning(
+                    "worker_fork_not_cleaned", candidate=workspace.candidate_id, error=str(exc)
+                )
         return manifest
 
     async def end_candidate(self, candidate_id: str) -> None:
@@ -402,16 +498,31 @@ class RayRoles:
         known.coder = None
 
     async def clean(self, request: CleanupRequest) -> CleanupReport:
-        report: CleanupReport = await self._once(
-            JanitorActor, request.candidate_id, "clean", request
+        """Clean on every live node that holds part of it: a candidate's node (its fork, its
+        target dir) and the home (a fork received there, the deployment, the forks handed over);
+        the whole run on all of them. One report, what each node removed and failed to."""
+        if request.candidate_id is not None:
+            known = self.candidates.get(request.candidate_id)
+            nodes = {self.home_node, *([known.node_id] if known and known.node_id else [])}
+        else:
+            nodes = {self.home_node, *(c.node_id for c in self.candidates.values() if c.node_id)}
+        reports: list[CleanupReport] = []
+        for node in sorted(nodes, key=lambda node: node == self.home_node):  # the home last
+            if node != self.home_node and not node_alive(node):
+                continue  # its disk went with it
+            reports.append(await self._once(JanitorActor, node, "clean", request))
+        return reports[-1].model_copy(
+            update={
+                "removed": [item for report in reports for item in report.removed],
+                "failures": [item for report in reports for item in report.failures],
+            }
         )
-        return report
 
     def shutdown(self) -> None:
         for known in self.candidates.values():
             for actor in known.actors:
                 ray.kill(actor, no_restart=True)
             known.actors.clear()
-        for actor in (self.planner, self.scout_actor, self.budget):
+        for actor in (self.planner, self.scout_actor, self.budget, self.store):
             if actor is not None:
                 ray.kill(actor, no_restart=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ray
 
 from actors.roles import RayRoles
-from flakebot.crates.fetch import dependency_dir
+from actors.secrets import SecretRefs
 from flakebot.errors import RunBusy, RunFailed
 from flakebot.journal import Journal
 from flakebot.logs import bind_context
@@ -30,7 +30,7 @@ from messages import RunEvent, RunStarted, StepFailed, ToolManifest, ToolRequest
 
 @ray.remote(num_cpus=0)
 class SupervisorActor:
-    def __init__(self, started: RunStarted) -> None:
+    def __init__(self, started: RunStarted, secrets: SecretRefs | None = None) -> None:
         started = RunStarted.model_validate(started)
         run_id = started.run_id
         bind_context(actor="supervisor", run_id=run_id)
@@ -43,11 +43,14 @@ class SupervisorActor:
         )
         plan = RunPlan.model_validate(started.plan)
         model_ref = parse_model(started.model) if started.model else None
-        directory = dependency_dir(settings.home, started.registry)  # what the testers' cargo reads
-        read_only = [] if directory.is_relative_to("/usr") else [str(directory)]
         code_step = plan.step("code")
         self.roles = RayRoles(
-            run_id, model_ref, read_only=read_only, max_attempts=code_step.max_attempts or 4
+            run_id,
+            model_ref,
+            str(settings.home),
+            started.registry,
+            secrets=secrets or [],
+            max_attempts=code_step.max_attempts or 4,
         )
         self.supervisor = Supervisor(
             roles=self.roles,

@@ -24,6 +24,7 @@ journal too (flakebot.models.journalled), so nothing is done or asked twice.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +47,11 @@ from flakebot.edits import apply_proposal
 from flakebot.errors import BudgetExceeded, ManifestError, ModelReplyInvalid, ModelUnavailable
 from flakebot.failures import report_outcome
 from flakebot.fork import Forker
-from flakebot.journal import Journal
+from flakebot.journal import RunJournal
 from flakebot.models import CallContext, ChatMessage, Model, Transcript, ask
 from flakebot.models.budget import RunBudget
 from flakebot.planner import prompt
+from flakebot.run_store import ForkKeeper
 from flakebot.runstate import RunRecord
 from flakebot.tester import Tester
 from messages import (
@@ -159,12 +161,26 @@ class CodeLoop:
     on_attempt: Callable[[AttemptOutcome], None] | None = None
     history: list[AttemptRecord] = field(default_factory=list)
     lint_warn: list[str] = field(default_factory=list)
-    journal: Journal | None = None
+    journal: RunJournal | None = None
+    keeper: ForkKeeper | None = None  # where the fork is handed over after each report
 
     def _journal(self, workspace: Workspace, message: EditProposal | TestReport) -> None:
         if self.journal is not None:
             jsonl = self.forker.settings.home / "runs" / workspace.run_id / "journal.jsonl"
             self.journal.append(workspace.run_id, message, jsonl=jsonl)
+        if self.keeper is not None and isinstance(message, TestReport) and message.commit:
+            self._hand_over(workspace, message.commit)
+
+    def _hand_over(self, workspace: Workspace, commit: str) -> None:
+        """Hand the fork, at the commit just reported, to the run's home (flakebot.run_store)."""
+        assert self.keeper is not None
+        made = RunRecord(self.forker.settings.home, workspace.run_id).fork(workspace.candidate_id)
+        if made is None:
+            return  # not a fork this home made: nothing to hand over
+        at = workspace.model_copy(update={"head_commit": commit})
+        with tempfile.TemporaryDirectory(prefix="flakebot-bundle-") as scratch:
+            bundle = self.forker.export_bundle(at, Path(scratch) / "fork.bundle")
+            self.keeper.keep_fork(made.candidate, at, bundle.read_bytes())
 
     def _tell(self, outcome: AttemptOutcome) -> None:
         if self.on_attempt is not None:

@@ -270,24 +270,41 @@ class Forker:
         repo = pygit2.Repository(workspace.path)
         return write_bundle(repo, [f"refs/heads/{workspace.branch}"], path)
 
-    def import_bundle(self, workspace: Workspace, bundle: Path) -> Workspace:
-        """Recreate `workspace` (made on another node) here from its bundle."""
-        path = Path(workspace.path)
-        if path.exists():
-            raise ForkError(f"{path} already exists; remove it before importing a bundle")
-        repo = pygit2.init_repository(str(path), initial_head=workspace.branch)
+    def receive(self, candidate: CrateCandidate, workspace: Workspace, bundle: Path) -> Workspace:
+        """This node's copy of a fork made on another node (`workspace`, its paths that node's),
+        from a bundle of its branch: recorded here as this run's fork, at this home's paths, with
+        the branch at `workspace.head_commit` (a ForkError if the bundle's branch is not there).
+        A copy received before is brought up to date (the branch moved to the new commit)."""
+        path = self.workspace_path(workspace.run_id, workspace.candidate_id)
+        record = RunRecord(self.settings.home, workspace.run_id)
+        record.add("workspace", path, candidate_id=workspace.candidate_id)
+        existed = (path / ".git").is_dir()
+        if path.exists() and not existed:
+            shutil.rmtree(path)  # a copy whose receiving was interrupted
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repo = (
+            pygit2.Repository(str(path))
+            if existed
+            else pygit2.init_repository(str(path), initial_head=workspace.branch)
+        )
         try:
             refs = read_bundle(bundle, repo)
             if refs.get(f"refs/heads/{workspace.branch}") != workspace.head_commit:
                 raise ForkError(
                     f"the bundle's {workspace.branch} is not at {workspace.head_commit}",
-                    hint="export the bundle again from the node that holds the fork",
+                    hint="the fork moved after it was handed over; hand it over again",
                 )
+            repo.set_head(f"refs/heads/{workspace.branch}")
             repo.checkout_head(strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
+            if not existed:
+                shutil.rmtree(path, ignore_errors=True)
             raise
-        return workspace
+        target = self.target_dir(workspace.crate_name, workspace.crate_version)
+        record.add("target_dir", target, candidate_id=workspace.candidate_id)
+        here = workspace.model_copy(update={"path": str(path), "target_dir": str(target)})
+        record.save_fork(candidate, here)
+        return here
 
     def fork_verified(self, candidate: CrateCandidate, kept: Workspace, bundle: Path) -> Workspace:
         """Fork `candidate` from the bundle of a verified result (`kept`, an earlier run's fork

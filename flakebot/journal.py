@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from flakebot.home import append_private, ensure_home
 from flakebot.redact import redact
@@ -101,6 +102,37 @@ class SavedReply:
     completion_tokens: int
     requests: int
     replays: int
+
+
+class RunJournal(Protocol):
+    """What a role that journals needs of the journal: the Journal itself on the run's home node,
+    flakebot.run_store's view of it elsewhere."""
+
+    def append(
+        self,
+        run_id: str,
+        message: AnyMessage,
+        *,
+        at: float | None = None,
+        jsonl: Path | None = None,
+    ) -> int: ...
+
+    def messages_of(
+        self, run_id: str, kind: str, candidate_id: str | None = None
+    ) -> list[AnyMessage]: ...
+
+    def save_reply(
+        self,
+        run_id: str,
+        asker: str,
+        call: int,
+        model: str,
+        reply: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None: ...
+
+    def reply(self, run_id: str, asker: str, call: int, model: str) -> SavedReply | None: ...
 
 
 class Journal:

@@ -23,11 +23,12 @@ from flakebot.errors import DeployError, FlakebotError, ForkError
 from flakebot.failures import step_failed
 from flakebot.fork import Forker
 from flakebot.janitor import Janitor
-from flakebot.journal import Journal
+from flakebot.journal import Journal, RunJournal
 from flakebot.models import Budget, Model, NoModel, Transcript, load_model
 from flakebot.models.budget import RunBudget
 from flakebot.models.journalled import JournalledModel
 from flakebot.planner import Planner
+from flakebot.run_store import RunStore, Store, fork_here, receive
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.scout import Scout
@@ -55,12 +56,15 @@ log = structlog.get_logger()
 _STOPWORDS = {"the", "and", "for", "with", "that", "this", "from", "into", "tool", "a", "an", "of"}
 
 
-def _model(settings: Settings, model_ref: ModelRef | None, run_id: str) -> Model | None:
+def _model(
+    settings: Settings, model_ref: ModelRef | None, run_id: str, journal: RunJournal | None = None
+) -> Model | None:
     """The run's model, its replies journalled (and replayed when the run goes on again)."""
     ref = model_ref or settings.model
     if ref is None:
         return None
-    return JournalledModel(load_model(ref, settings), Journal(settings.journal_path), run_id)
+    journal = journal or Journal(settings.journal_path)
+    return JournalledModel(load_model(ref, settings), journal, run_id)
 
 
 class PlannerRole:
@@ -97,7 +101,12 @@ class ScoutRole:
 
 class DeveloperRole:
     """Forks one candidate and runs its edit-test loop; keeps the fork, and the loop (its model,
-    registry index and memory), for revisions until the candidate ends."""
+    registry index and memory), for revisions until the candidate ends.
+
+    With a `store` (a coder on a node other than the run's home: flakebot.run_store), what the
+    loop journals goes to the run's home, the fork is handed over there after each test report,
+    and a candidate whose fork is not on this node (rescheduled after its node died, or resumed
+    elsewhere) goes on from the fork handed over last."""
 
     def __init__(
         self,
@@ -107,10 +116,13 @@ class DeveloperRole:
         *,
         max_attempts: int = 4,
         budget: RunBudget | None = None,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings
         self.model_ref = model_ref
         self.tester = tester
+        self.store = store
+        self.journal: RunJournal = store or Journal(settings.journal_path)
         self.budget = budget or Budget()
         self.max_attempts = max_attempts
         self._loops: dict[str, CodeLoop] = {}
@@ -124,11 +136,12 @@ class DeveloperRole:
     def _new_loop(self, workspace: Workspace) -> CodeLoop:
         directory = dependency_dir(self.settings.home, workspace.registry)
         sandbox = Sandbox.for_registry(Toolchain.find(), directory)
-        model = _model(self.settings, self.model_ref, workspace.run_id) or NoModel()
+        model = _model(self.settings, self.model_ref, workspace.run_id, self.journal) or NoModel()
         index = CrateIndex(directory, index_path(self.settings.home, directory))
         index.refresh()
         return CodeLoop(
-            journal=Journal(self.settings.journal_path),
+            journal=self.journal,
+            keeper=self.store,
             model=model,
             forker=Forker(self.settings, sandbox),
             tester=self.tester,
@@ -154,6 +167,8 @@ class DeveloperRole:
         kept_commit = None if kept is None else kept.workspace.head_commit
         path = forker.workspace_path(candidate.run_id, candidate.candidate_id)
         try:
+            if not (path / ".git").is_dir():
+                self._take_over(forker, candidate.run_id, candidate.candidate_id)
             if kept is not None and path.exists():
                 workspace = forker.fork(candidate)  # a restarted coder: the fork made before
             elif kept is not None:
@@ -191,15 +206,29 @@ class DeveloperRole:
             update={"run_id": candidate.run_id, "candidate_id": candidate.candidate_id}
         )
         jsonl = self.settings.home / "runs" / candidate.run_id / "journal.jsonl"
-        Journal(self.settings.journal_path).append(candidate.run_id, report, jsonl=jsonl)
+        self.journal.append(candidate.run_id, report, jsonl=jsonl)
         log.info("verified_result_reused", key=kept.key, earlier_run=kept.run_id)
         return workspace
+
+    def _take_over(self, forker: Forker, run_id: str, candidate_id: str) -> None:
+        """Receive the candidate's fork handed over last to the run's home, when there is one
+        and it is not on this node (the candidate was rescheduled, or resumed elsewhere)."""
+        if self.store is None:
+            return
+        kept = self.store.kept_fork(run_id, candidate_id)
+        if kept is None:
+            return
+        made, bundle = kept
+        receive(forker, made, bundle)
+        log.info("fork_taken_over", candidate=candidate_id, commit=made.workspace.head_commit)
 
     async def revise(
         self, workspace: Workspace, spec: ToolSpec, evidence: str, after_attempt: int
     ) -> CandidateResult | StepFailed:
         """Fix what a later step (the deploy) found, numbering attempts after `after_attempt`."""
         try:
+            forker = Forker(self.settings, Sandbox(Toolchain.find()))
+            workspace = fork_here(forker, workspace, self.store)
             result = await self._loop(workspace).run(
                 workspace, spec, evidence=evidence, first_attempt=after_attempt + 1
             )
@@ -224,6 +253,7 @@ class DeployerRole:
     def deploy(self, workspace: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
         forker = Forker(self.settings, Sandbox(self.toolchain))
         try:
+            workspace = fork_here(forker, workspace, RunStore(self.settings.home))
             bin_name = deployed_binary(workspace, spec)
             return self.deployer.deploy(workspace, spec, forker, bin_name=bin_name)
         except DeployError as exc:
@@ -241,6 +271,8 @@ class DeployerRole:
     def instruct(
         self, workspace: Workspace, spec: ToolSpec, deployment: Deployment
     ) -> ToolManifest:
+        forker = Forker(self.settings, Sandbox(self.toolchain))
+        workspace = fork_here(forker, workspace, RunStore(self.settings.home))
         made = RunRecord(self.settings.home, workspace.run_id).fork(workspace.candidate_id)
         if made is None:
             raise ForkError(f"the run has no record of the fork {workspace.candidate_id}")

@@ -333,13 +333,12 @@ class Supervisor:
             )
             return saved, backtracks
         for attempt in range(retries + 1):
+            # the fork at its green commit: the deployer (at the run's home) checks it has it
+            head = winner.result.head_commit or winner.workspace.head_commit
+            green = winner.workspace.model_copy(update={"head_commit": head})
             try:
                 outcome = await self._call(
-                    "deploy",
-                    f"nix build of {candidate_id}",
-                    self.roles.deploy,
-                    winner.workspace,
-                    spec,
+                    "deploy", f"nix build of {candidate_id}", self.roles.deploy, green, spec
                 )
             except FlakebotError as exc:
                 outcome = step_failed(self.run_id, "deploy", exc, candidate_id=candidate_id)
@@ -361,7 +360,7 @@ class Supervisor:
                 "code",
                 f"the coder of {candidate_id} to fix the deploy",
                 self.roles.revise,
-                winner.workspace,
+                green,
                 spec,
                 outcome.evidence or outcome.reason,
                 winner.result.attempts,

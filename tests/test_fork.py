@@ -10,6 +10,7 @@ import pytest
 
 from flakebot.errors import ForkError
 from flakebot.fork import Forker
+from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
 from messages import CrateCandidate, RegistryRef, ScoreParts, Workspace
@@ -79,8 +80,9 @@ def test_bundle_moves_a_fork_to_another_home(forker: Forker, tmp_path: Path) -> 
     other = Forker(
         Settings.from_env({"FLAKEBOT_HOME": str(tmp_path / "other-node")}), forker.sandbox
     )
-    target = moved.model_copy(update={"path": str(other.workspace_path("r1", "c1-hexyl"))})
-    other.import_bundle(target, bundle)
+    target = other.receive(hexyl(), moved, bundle)
+    assert target.path == str(other.workspace_path("r1", "c1-hexyl"))
+    assert target.target_dir.startswith(str(tmp_path / "other-node"))
     repo = pygit2.Repository(target.path)
     assert str(repo.head.target) == head and repo.head.shorthand == "flakebot/r1"
     assert (Path(target.path) / "NOTES.md").read_text() == "an attempt\n"
@@ -88,8 +90,20 @@ def test_bundle_moves_a_fork_to_another_home(forker: Forker, tmp_path: Path) -> 
         Path(workspace.path) / "src" / "lib.rs"
     ).read_bytes()
     assert len(list(repo.walk(repo.head.target))) == 3
-    with pytest.raises(ForkError, match="already exists"):
-        other.import_bundle(target, bundle)
+    made = RunRecord(other.settings.home, "r1").fork("c1-hexyl")
+    assert made is not None and made.workspace == target  # recorded at this home's paths
+
+    # the fork moves on where it was made: received again, the copy follows
+    (Path(workspace.path) / "NOTES.md").write_text("attempt 2\n")
+    second = forker.commit(workspace, "attempt 2")
+    moved = workspace.model_copy(update={"head_commit": second})
+    forker.export_bundle(moved, bundle)
+    again = other.receive(hexyl(), moved, bundle)
+    assert str(pygit2.Repository(again.path).head.target) == second
+    assert (Path(again.path) / "NOTES.md").read_text() == "attempt 2\n"
+    # a bundle whose branch is not at the commit it was sent for is refused
+    with pytest.raises(ForkError, match="is not at"):
+        other.receive(hexyl(), moved.model_copy(update={"head_commit": head}), bundle)
 
 
 def fork_upstream(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 from pydantic import BaseModel
 
-from flakebot.journal import Journal
+from flakebot.journal import RunJournal
 from flakebot.models.base import CallContext, ChatMessage, Model, ModelReply, Usage
 
 log = structlog.get_logger()
@@ -37,7 +37,7 @@ class JournalledModel:
     """`model` for run `run_id`, with every reply journalled and replayed from the journal."""
 
     model: Model
-    journal: Journal
+    journal: RunJournal
     run_id: str
     _calls: Counter[str] = field(default_factory=Counter)
 
