@@ -5,6 +5,8 @@ FLAKEBOT_HOME        journal, workspaces, GC roots, index ($XDG_DATA_HOME/flakeb
 FLAKEBOT_REGISTRY    local | local:DIR | crates-io | crates-io:URL (local:/usr/share/cargo/registry)
 FLAKEBOT_MODEL       groq:NAME | openai:URL#NAME | scripted:FILE (unset: structured specs only)
 GROQ_API_KEY         the key for groq: models; never logged, sandboxed or written to a manifest
+GROQ_API_KEY_FILE    a file holding that key (when GROQ_API_KEY is unset)
+GROQ_BASE_URL        Groq's API, or a gateway speaking it (https://api.groq.com)
 FLAKEBOT_CONTACT     the contact in the crates.io User-Agent
 FLAKEBOT_LOG_LEVEL   debug | info | warning | error (info)
 FLAKEBOT_LOG_FORMAT  auto | json | console (auto: console on a terminal, else JSON)
@@ -124,6 +126,7 @@ class Settings(BaseModel):
     registry: RegistryRef
     model: ModelRef | None = None
     groq_api_key: SecretStr | None = None
+    groq_base_url: str | None = None
     contact: str = PROJECT_URL
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
@@ -135,7 +138,7 @@ class Settings(BaseModel):
         home_text = env.get("FLAKEBOT_HOME", "").strip()
         home = Path(home_text).expanduser() if home_text else _default_home(env)
         model_text = env.get("FLAKEBOT_MODEL", "").strip()
-        key = env.get("GROQ_API_KEY", "").strip()
+        key = env.get("GROQ_API_KEY", "").strip() or _read_key(env.get("GROQ_API_KEY_FILE", ""))
         if key:
             redact.register(key)  # masked in every log, error, journal and transcript from now on
         raw = {
@@ -143,6 +146,7 @@ class Settings(BaseModel):
             "registry": parse_registry(env.get("FLAKEBOT_REGISTRY", "").strip() or "local"),
             "model": parse_model(model_text) if model_text else None,
             "groq_api_key": SecretStr(key) if key else None,
+            "groq_base_url": env.get("GROQ_BASE_URL", "").strip() or None,
             "contact": env.get("FLAKEBOT_CONTACT", "").strip() or PROJECT_URL,
             "log_level": env.get("FLAKEBOT_LOG_LEVEL", "").strip().lower() or "info",
             "log_format": env.get("FLAKEBOT_LOG_FORMAT", "").strip().lower() or "auto",
@@ -178,3 +182,16 @@ class Settings(BaseModel):
         from flakebot import __version__
 
         return f"flakebot/{__version__} ({self.contact})"
+
+
+def _read_key(path: str) -> str:
+    """The key in the file GROQ_API_KEY_FILE names ('' when unset); a ConfigError if unreadable."""
+    if not path.strip():
+        return ""
+    try:
+        return Path(path.strip()).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"GROQ_API_KEY_FILE {path.strip()} cannot be read: {getattr(exc, 'strerror', exc)}",
+            hint="point it at a file holding only the key, readable by you",
+        ) from None

@@ -273,3 +273,15 @@ def test_budget_bounds() -> None:
         Budget(max_seconds=0.0).check()
     assert seconds.value.bound == "time_budget"
     assert "groq:llama-3.3-70b-versatile" in Budget().prices
+
+
+def test_only_the_named_stand_in_endpoint_is_allowed_under_test(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLAKEBOT_STANDIN_MODEL_URL", "http://127.0.0.1:9/")
+    model = GroqModel("llama-3.3-70b-versatile", api_key="gsk_a", base_url="http://127.0.0.1:9")
+    assert model.name == "groq:llama-3.3-70b-versatile"
+    with pytest.raises(ModelUnavailable, match="refusing"):
+        GroqModel("llama-3.3-70b-versatile", api_key="gsk_a", base_url="http://127.0.0.1:10")
+    with pytest.raises(ModelUnavailable, match="refusing"):
+        GroqModel("llama-3.3-70b-versatile", api_key="gsk_a")  # api.groq.com

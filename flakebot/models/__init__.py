@@ -15,7 +15,7 @@ import httpx
 from flakebot.errors import ConfigError
 from flakebot.models.base import CallContext, ChatMessage, Model, ModelReply, NoModel, Usage
 from flakebot.models.budget import Budget, Price
-from flakebot.models.groq_model import GroqModel
+from flakebot.models.groq_model import DEFAULT_BASE_URL, GroqModel
 from flakebot.models.openai_compat import OpenAICompatibleModel
 from flakebot.models.scripted import ScriptedModel
 from flakebot.models.structured import Exchange, Transcript, ask
@@ -29,7 +29,8 @@ def load_model(
     provider = ref.provider
     if provider == "groq":
         key = settings.groq_api_key.get_secret_value() if settings.groq_api_key else None
-        return GroqModel(str(ref.name), api_key=key, http=http)
+        url = settings.groq_base_url or DEFAULT_BASE_URL
+        return GroqModel(str(ref.name), api_key=key, base_url=url, http=http)
     if provider == "openai":
         return OpenAICompatibleModel(str(ref.url), str(ref.name), http=http)
     if provider == "scripted":

@@ -20,6 +20,7 @@ from flakebot.errors import ModelUnavailable
 
 Role = Literal["system", "user", "assistant"]
 FORBID_ENV = "FLAKEBOT_FORBID_REAL_MODELS"
+STANDIN_ENV = "FLAKEBOT_STANDIN_MODEL_URL"
 
 
 class ChatMessage(BaseModel):
@@ -100,8 +101,12 @@ def response_format(output: type[BaseModel]) -> dict[str, JsonValue]:
     }
 
 
-def refuse_real_models_under_test(provider: str) -> None:
-    """Tests set FLAKEBOT_FORBID_REAL_MODELS=1; then no real endpoint may be built."""
+def refuse_real_models_under_test(provider: str, url: str | None = None) -> None:
+    """Tests set FLAKEBOT_FORBID_REAL_MODELS=1; then no real endpoint may be built, except the
+    one a test serves itself as the API's stand-in and names in FLAKEBOT_STANDIN_MODEL_URL."""
+    standin = os.environ.get(STANDIN_ENV, "")
+    if url is not None and standin and url.rstrip("/") == standin.rstrip("/"):
+        return
     if os.environ.get(FORBID_ENV) == "1":
         raise ModelUnavailable(
             f"refusing to call a real {provider} model: {FORBID_ENV}=1 (tests use the scripted "

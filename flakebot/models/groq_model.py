@@ -44,7 +44,7 @@ class GroqModel:
                 f"groq:{model} needs an API key", hint="set GROQ_API_KEY (console.groq.com)"
             )
         if http is None:
-            refuse_real_models_under_test("Groq")
+            refuse_real_models_under_test("Groq", base_url)
         self.model = model
         self._client = groq.AsyncGroq(
             api_key=api_key, base_url=base_url, http_client=http, max_retries=max_retries

@@ -75,7 +75,7 @@ class OpenAICompatibleModel:
         json_schema: bool = True,
     ) -> None:
         if http is None:
-            refuse_real_models_under_test("OpenAI-compatible")
+            refuse_real_models_under_test("OpenAI-compatible", base_url)
         self.base_url = base_url.rstrip("/")
         self.model = model
         self._http = http or httpx.AsyncClient(timeout=timeout)
