@@ -25,8 +25,10 @@ from pathlib import Path
 
 import ray
 import structlog
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.roles import Handle, answer
+from actors.secrets import hand_over
 from actors.supervisor import SupervisorActor
 from flakebot.doctor import require_ready
 from flakebot.errors import ConfigError, FlakebotError, RunFailed
@@ -55,6 +57,8 @@ log = structlog.get_logger()
 Request = str | Path | ToolSpec
 PASSED_ENV = ("FLAKEBOT_HOME", "FLAKEBOT_REGISTRY", "FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL",
               "FLAKEBOT_FORBID_REAL_MODELS", "FLAKEBOT_LEASE_TTL", "PATH", "HOME")  # fmt: skip
+CLUSTER_ENV = ("FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL", "FLAKEBOT_FORBID_REAL_MODELS",
+               "FLAKEBOT_LEASE_TTL")  # fmt: skip
 SUPERVISOR_MARGIN_S = 120.0
 
 
@@ -76,19 +80,29 @@ class Flakebot:
     heartbeat_s: float = 30.0
     settings: Settings = field(default_factory=Settings.from_env)
     _started_ray: bool = False
+    _joined: bool = False
 
     def _connect(self) -> None:
+        """Join the cluster at `address` (or RAY_ADDRESS, as `ray job submit` sets it), or start
+        a local one. A joined cluster's nodes keep their own environment (their FLAKEBOT_HOME,
+        HOME and PATH); only Flakebot's options travel. No secret travels this way: the job's
+        runtime environment is stored in the cluster's job table (see flakebot.secrets)."""
         if ray.is_initialized():
             return
-        env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
-        env["FLAKEBOT_HOME"] = str(self.settings.home)
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        names = CLUSTER_ENV if address else PASSED_ENV
+        env = {name: os.environ[name] for name in names if name in os.environ}
+        if not address:
+            env["FLAKEBOT_HOME"] = str(self.settings.home)
+            env["GROQ_API_KEY"] = env["GROQ_API_KEY_FILE"] = ""  # handed over: actors.secrets
+        self._joined = bool(address)
         runtime_env = {
             "env_vars": env,
             "worker_process_setup_hook": "flakebot.logs.setup_worker_logging",
         }
-        if self.address:
+        if address:
             ray.init(
-                address=self.address,
+                address=address,
                 runtime_env=runtime_env,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
@@ -184,7 +198,11 @@ class Flakebot:
         ensure_home(self.settings.home)
         require_ready(self.settings.model_copy(update={"registry": started.registry}))
         self._connect()
-        supervisor = SupervisorActor.remote(started)  # type: ignore[attr-defined]
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        # the run's home: this node, whose FLAKEBOT_HOME holds the journal the driver reads
+        supervisor = SupervisorActor.options(scheduling_strategy=here).remote(  # type: ignore[attr-defined]
+            started, hand_over(self.settings)
+        )
         plan = RunPlan.model_validate(started.plan)
         deadline = (started.run_timeout_s or plan.run_deadline()) + SUPERVISOR_MARGIN_S
         try:
@@ -233,7 +251,7 @@ class Flakebot:
 
     def _abandoned(self, run_id: str, step: Step, kind: str, reason: str) -> StepFailed:
         """A run whose supervisor could not finish it: what the driver can still clean, it does."""
-        if not self.address:  # a local cluster shares this FLAKEBOT_HOME
+        if not self._joined:  # a local cluster shares this FLAKEBOT_HOME
             try:
                 Janitor(self.settings).clean(CleanupRequest(run_id=run_id, reason="failed"))
             except Exception as exc:

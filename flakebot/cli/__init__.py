@@ -192,6 +192,26 @@ def main() -> None:
 
 
 # The commands register themselves on `app` when their modules are imported.
-from flakebot.cli import coding, crates, deploying, forks, running, status, system  # noqa: E402
+from flakebot.cli import (  # noqa: E402
+    batching,
+    coding,
+    crates,
+    deploying,
+    forks,
+    running,
+    status,
+    system,
+)
 
-__all__ = ["app", "coding", "crates", "deploying", "forks", "main", "running", "status", "system"]
+__all__ = [
+    "app",
+    "batching",
+    "coding",
+    "crates",
+    "deploying",
+    "forks",
+    "main",
+    "running",
+    "status",
+    "system",
+]
