@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ray
 
-from actors.roles import RayRoles
+from actors.ray_roles import RayRoles
 from actors.secrets import SecretRefs
 from flakebot.errors import RunBusy, RunFailed
 from flakebot.journal import Journal
