@@ -50,6 +50,11 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config() -> None:
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = " ".join(config[key])
         assert "--resources=" in start and 'cargo\\": $(nproc)' in start, start
+        assert "RAY_AUTH_MODE=token" in start and "disabled" not in start, start
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=$DASHBOARD_HOST" in head and "DASHBOARD_HOST=127.0.0.1" in head
+    assert "GROQ_API_KEY_FILE=" in head and "GROQ_API_KEY=" not in head  # no key in the config
+    assert "/root/.ray/auth_token" in config["file_mounts"]  # every node gets the token
 
 
 def test_flake_nix_parses() -> None:
