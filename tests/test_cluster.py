@@ -142,6 +142,7 @@ def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreeNodes
     cluster.shutdown()
     assert groq.server is not None
     groq.server.shutdown()
+    groq.server.server_close()
 
 
 def forks_of(home: Path, run_id: str) -> set[str]:
