@@ -33,7 +33,7 @@ import structlog
 
 from flakebot.errors import ForkError
 from flakebot.fork import Forker
-from flakebot.home import PRIVATE_DIR, run_dir, write_private
+from flakebot.home import PRIVATE_DIR, check_id, run_dir, write_private
 from flakebot.journal import Journal, RunJournal
 from flakebot.runstate import ForkRecord, RunRecord
 from messages import AnyMessage, CrateCandidate, Workspace
@@ -80,8 +80,7 @@ class RunStore(Journal):
     # Kept forks ----------------------------------------------------------------------------------
 
     def _kept_dir(self, run_id: str, candidate_id: str) -> Path:
-        RunRecord(self.home, run_id)._fork_path(candidate_id)  # checks the candidate id
-        return run_dir(self.home, run_id) / "kept" / candidate_id
+        return run_dir(self.home, run_id) / "kept" / check_id(candidate_id, "candidate id")
 
     def keep_fork(self, candidate: CrateCandidate, workspace: Workspace, bundle: bytes) -> None:
         """Keep `bundle`, the fork `workspace` with its branch at `workspace.head_commit`, as the
