@@ -197,7 +197,7 @@ class Batch:
         """Run what is pending; returns this run's results (the file holds them all)."""
         todo, _ = self.pending(jobs)
         if todo:
-            _end_cut_line(self.out)
+            end_cut_line(self.out)
             self.bot._connect()  # once, for every job: they share the cluster
         gate = asyncio.Semaphore(self.parallel)
         results: list[BatchResult] = []
@@ -258,7 +258,7 @@ def default_out(requests: Path) -> Path:
     return requests.with_name(requests.stem + ".results.jsonl")
 
 
-def _end_cut_line(path: Path) -> None:
+def end_cut_line(path: Path) -> None:
     """A batch killed while writing left its last line cut: end it, so the next result starts
     on a line of its own (the cut one is not a result, and its request runs again)."""
     if path.exists() and path.stat().st_size:

@@ -194,6 +194,7 @@ def main() -> None:
 # The commands register themselves on `app` when their modules are imported.
 from flakebot.cli import (  # noqa: E402
     batching,
+    benching,
     coding,
     crates,
     deploying,
@@ -206,6 +207,7 @@ from flakebot.cli import (  # noqa: E402
 __all__ = [
     "app",
     "batching",
+    "benching",
     "coding",
     "crates",
     "deploying",
