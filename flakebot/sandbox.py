@@ -227,9 +227,11 @@ class Sandbox:
         stdin: str | None = None,
         network: bool = False,
         env: Mapping[str, str] | None = None,
+        nice: int = 0,
     ) -> Completed:
         """Run `command` in `workdir` with only `workdir`, `target_dir` and `writable` writable;
-        `network` for the fetch stage only (no build runs there), `env` added to the sandbox's."""
+        `network` for the fetch stage only (no build runs there), `env` added to the sandbox's;
+        `nice` lowers the scheduling priority of the whole process tree."""
         for path in (workdir, target_dir, *writable):
             if not path.is_absolute():
                 raise ConfigError(f"sandbox paths must be absolute: {path}")
@@ -239,6 +241,8 @@ class Sandbox:
         if network:
             env["CARGO_NET_OFFLINE"] = "false"
         limit = ["prlimit", f"--as={self.memory_bytes}", "--"]
+        if nice:
+            limit = ["nice", "-n", str(nice), *limit]
         if not self.enabled:
             argv = [*limit, *map(str, command)]
             return run(argv, timeout=timeout, cwd=workdir, env=env, stdin=stdin)

@@ -251,6 +251,13 @@ class Scout:
         ]
 
 
+def candidate_rank(candidate_id: str) -> int | None:
+    """Where the scout ranked a candidate in its batch (1 first), from its id `c<rank>-<name>`."""
+    match = _RANKED.match(candidate_id)
+    return int(match.group(1)) if match else None
+
+
+_RANKED = re.compile(r"^c([0-9]{1,4})-")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 

@@ -30,6 +30,7 @@ from flakebot.errors import CommandTimedOut
 from flakebot.home import write_private
 from flakebot.proc import Completed, tail
 from flakebot.sandbox import Sandbox
+from flakebot.scout import candidate_rank
 from messages import StageResult, TestReport
 from messages.coding import Stage, StageStatus
 
@@ -41,6 +42,16 @@ COMMANDS: dict[Stage, list[str]] = {
     "test": ["cargo", "test", "--no-fail-fast", "--message-format=json"],
     "clippy": ["cargo", "clippy", "--message-format=json"],
 }
+
+
+LATER_CANDIDATE_NICE = 10
+
+
+def niceness(candidate_id: str) -> int:
+    """The scout's first candidate builds at normal priority, the others at a lower one: on a
+    small machine the likely winner is then not slowed by its rivals (a nice-10 process gets
+    about a tenth of a core a nice-0 one wants), and they still use what it leaves idle."""
+    return 0 if candidate_rank(candidate_id) in (1, None) else LATER_CANDIDATE_NICE
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,9 @@ class Tester:
         before any edit: see flakebot.coder)."""
         bound = log.bind(candidate=candidate_id, attempt=attempt)
         with _TargetLock(target_dir, workdir):
-            results = self._run_stages(workdir, target_dir, stages, lint_warn)
+            results = self._run_stages(
+                workdir, target_dir, stages, lint_warn, nice=niceness(candidate_id)
+            )
         report = TestReport(
             run_id=run_id,
             candidate_id=candidate_id,
@@ -97,10 +110,16 @@ class Tester:
         return report
 
     def _run_stages(
-        self, workdir: Path, target_dir: Path, stages: Sequence[Stage], lint_warn: Sequence[str]
+        self,
+        workdir: Path,
+        target_dir: Path,
+        stages: Sequence[Stage],
+        lint_warn: Sequence[str],
+        *,
+        nice: int = 0,
     ) -> list[StageResult]:
         wanted = set(stages)
-        results = [self._stage("build", COMMANDS["build"], workdir, target_dir)]
+        results = [self._stage("build", COMMANDS["build"], workdir, target_dir, nice)]
         built = results[0].status == "passed"
         for stage in ("test", "clippy"):
             if stage not in wanted:
@@ -113,15 +132,17 @@ class Tester:
                 command = list(COMMANDS[stage])
                 if stage == "clippy" and lint_warn:
                     command += ["--", *(arg for lint in lint_warn for arg in ("-W", lint))]
-                results.append(self._stage(stage, command, workdir, target_dir))
+                results.append(self._stage(stage, command, workdir, target_dir, nice))
         return results
 
     def _stage(
-        self, stage: Stage, command: list[str], workdir: Path, target_dir: Path
+        self, stage: Stage, command: list[str], workdir: Path, target_dir: Path, nice: int = 0
     ) -> StageResult:
         limit = getattr(self.limits, stage)
         try:
-            done = self.sandbox.run(command, workdir=workdir, target_dir=target_dir, timeout=limit)
+            done = self.sandbox.run(
+                command, workdir=workdir, target_dir=target_dir, timeout=limit, nice=nice
+            )
         except CommandTimedOut as exc:
             return StageResult(
                 stage=stage,

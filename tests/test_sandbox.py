@@ -144,3 +144,17 @@ def test_etc_holds_a_synthetic_passwd_and_nothing_of_the_host(
     assert not listed & {"hostname", "os-release", "shadow", "hosts", "resolv.conf"}
     host_root_line = Path("/etc/passwd").read_text().splitlines()[0]
     assert host_root_line not in done.stdout and "root:x:0:0:root:/tmp/flakebot-home" in done.stdout
+
+
+def test_a_later_candidate_builds_at_a_lower_priority(sandbox: Sandbox, tmp_path: Path) -> None:
+    from flakebot.tester import LATER_CANDIDATE_NICE, niceness
+
+    assert niceness("c1-hexyl") == 0 and niceness("reused") == 0
+    assert niceness("c2-bincode") == niceness("c12-x") == LATER_CANDIDATE_NICE
+    base = os.nice(0)
+    for nice in (0, LATER_CANDIDATE_NICE):
+        done = sandbox.run(
+            ["sh", "-c", "nice; sh -c nice"],  # the command and what it starts
+            workdir=tmp_path, target_dir=tmp_path / "target", timeout=30, nice=nice,
+        )  # fmt: skip
+        assert done.stdout.split() == [str(base + nice)] * 2
