@@ -239,17 +239,18 @@ class Supervisor:
         return spec
 
     async def _scout(self, spec: ToolSpec, tried: list[str]) -> list[CrateCandidate]:
+        preferred = [name for name in spec.preferred_crates if name not in tried]
         query = CrateQuery(
             run_id=self.run_id,
-            queries=spec.search_queries,
+            queries=[*spec.search_queries, *(q for q in preferred if q not in spec.search_queries)],
             registry=self.registry,
             prefer_binary=spec.tool_kind in ("cli", "service"),
-            limit=self.candidates,
+            limit=min(self.candidates + len(preferred), 100),  # room for the preferred ones
             exclude=tried,
         )
         self.recorder.record(query)
         found = await self._retry("scout", self.roles.scout, query, "the crate scout")
-        found = _preferred_first(found, spec.preferred_crates)
+        found = _preferred_first(found, preferred)[: self.candidates]
         for candidate in found:
             self.recorder.record(candidate)
         self.recorder.event(
@@ -387,8 +388,14 @@ def _still_deployed(deployment: Deployment) -> bool:
 
 
 def _preferred_first(found: list[CrateCandidate], preferred: list[str]) -> list[CrateCandidate]:
+    """The spec's preferred crates first, then the scout's order; ids renumbered to match (the
+    first candidate is the one the run bets on: flakebot.tester.niceness)."""
     order = {name: index for index, name in enumerate(preferred)}
-    return sorted(found, key=lambda candidate: order.get(candidate.name, len(order)))
+    ranked = sorted(found, key=lambda candidate: order.get(candidate.name, len(order)))
+    return [
+        candidate.model_copy(update={"candidate_id": f"c{rank}-{candidate.name}"})
+        for rank, candidate in enumerate(ranked, start=1)
+    ]
 
 
 __all__ = ["Roles", "RunFailed", "Supervisor", "default_plan"]
