@@ -58,10 +58,21 @@ log = structlog.get_logger()
 NODE_DEATH_WAIT_S = 60.0  # Ray's health checks declare a lost node dead within about 30 s
 
 
+def _kill_pair(task: asyncio.Task[_Pair]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        pair = task.result()
+        for actor in (pair.coder, pair.tester):
+            ray.kill(actor, no_restart=True)
+
+
+def alive_nodes() -> list[str]:
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [str(node["NodeID"]) for node in nodes if node["Alive"]]
+
+
 def node_alive(node_id: str) -> bool:
     """Does the cluster still count this node alive?"""
-    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
-    return any(node["NodeID"] == node_id and node["Alive"] for node in nodes)
+    return node_id in alive_nodes()
 
 
 async def node_died(node_id: str, *, wait: float) -> bool:
@@ -74,6 +85,15 @@ async def node_died(node_id: str, *, wait: float) -> bool:
             return False
         await asyncio.sleep(0.5)
     return True
+
+
+@dataclass
+class _Pair:
+    """A tester (holding a cargo slot) and a coder on its node, not yet given a candidate."""
+
+    tester: Handle
+    coder: Handle
+    node_id: str
 
 
 @dataclass
@@ -105,12 +125,20 @@ class RayRoles:
     candidates: dict[str, _Candidate] = field(default_factory=dict)
     reschedules: int = RESCHEDULES
     _spawned: int = 0
+    _warm: list[asyncio.Task[_Pair]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.home_node = str(ray.get_runtime_context().get_node_id())
         here = on_node(self.home_node)
         self.budget = BudgetActor.options(scheduling_strategy=here).remote()  # type: ignore[attr-defined]
-        self.store = RunStoreActor.options(scheduling_strategy=here).remote(self.home)
+
+    def _store(self) -> Handle:
+        """The run's store at the home: made for the first coder away from home."""
+        if self.store is None:
+            self.store = RunStoreActor.options(scheduling_strategy=on_node(self.home_node)).remote(
+                self.home
+            )
+        return self.store
 
     def _name(self, what: str) -> str:
         self._spawned += 1
@@ -153,29 +181,58 @@ class RayRoles:
         except RoleLost:
             self.scout_actor = None
             raise
+        self._trim_warm(len(found))
         return found
 
-    async def _coder_and_tester(self, candidate_id: str, node_id: str | None) -> Handle:
-        """A tester (holding a cargo slot) and a coder on the tester's node; returns the coder."""
-        known = self.candidates.setdefault(candidate_id, _Candidate(node_id=node_id))
+    def warm(self, request: ToolRequest | ToolSpec, candidates: int) -> None:
+        """Start now the actors the run will need, while it plans and scouts: the planner (for
+        free text), the scout, and a coder and tester for each of the first `candidates`. Each is
+        a process that takes about a second to start; started together, their starts overlap
+        instead of adding up. Called from the supervisor's event loop."""
+        if isinstance(request, ToolRequest):
+            self._planner()
+        self._scout()
+        for _ in range(candidates - len(self._warm)):
+            self._warm.append(asyncio.ensure_future(self._pair(None, "warm")))
+
+    async def _take_warm(self) -> _Pair | None:
+        while self._warm:
+            try:
+                return await self._warm.pop(0)
+            except RoleLost as exc:  # it never came up: the next one, or a new pair
+                log.warning("warm_pair_lost", error=exc.message)
+        return None
+
+    def _trim_warm(self, keep: int) -> None:
+        """Give back the cargo slots of warm pairs no candidate will take."""
+        while len(self._warm) > max(keep, 0):
+            self._warm.pop().add_done_callback(_kill_pair)
+
+    async def _pair(self, node_id: str | None, label: str) -> _Pair:
         # A tester or coder whose worker dies (killed, out of memory) is restarted and its call
         # retried. `test` is idempotent (cargo on the fork's commit), so a lost build costs a
         # rebuild, not the candidate; `develop` goes on from the journal (the fork, its last
         # reported commit, the model replies already given). `ray.kill` (cancelling a
         # candidate) never restarts either.
         options: dict[str, Any] = {
-            "name": self._name(f"{candidate_id}/tester"),
+            "name": self._name(f"{label}/tester"),
             "max_restarts": RESTARTS,
             "max_task_retries": RESTARTS,
         }
+        if node_id is None and len(alive_nodes()) == 1:
+            node_id = self.home_node  # no need to wait for the tester to know where it is
         if node_id is not None:
             options["scheduling_strategy"] = on_node(node_id)
         tester = TesterActor.options(**options).remote(self.registry)  # type: ignore[attr-defined]
-        known.actors.append(tester)
-        known.node_id = await answer(tester.node_id.remote(), f"tester of {candidate_id}")
+        if node_id is None:
+            try:
+                node_id = str(await answer(tester.node_id.remote(), f"tester of {label}"))
+            except RoleLost:
+                ray.kill(tester, no_restart=True)
+                raise
         coder = CoderActor.options(  # type: ignore[attr-defined]
-            scheduling_strategy=on_node(known.node_id),
-            name=self._name(f"{candidate_id}/coder"),
+            scheduling_strategy=on_node(node_id),
+            name=self._name(f"{label}/coder"),
             max_restarts=RESTARTS,
             max_task_retries=RESTARTS,
         ).remote(
@@ -183,12 +240,22 @@ class RayRoles:
             tester,
             self.max_attempts,
             self.budget,
-            (self.home_node, self.store),
+            (self.home_node, None if node_id == self.home_node else self._store()),
             self.secrets,
         )
-        known.actors.append(coder)
-        known.coder = coder
-        return coder
+        return _Pair(tester, coder, node_id)
+
+    async def _coder_and_tester(self, candidate_id: str, node_id: str | None) -> Handle:
+        """A tester (holding a cargo slot) and a coder on the tester's node; returns the coder.
+        Anywhere: a warm pair when one is left. On a given node: a new pair there."""
+        known = self.candidates.setdefault(candidate_id, _Candidate(node_id=node_id))
+        pair = await self._take_warm() if node_id is None else None
+        if pair is None:
+            pair = await self._pair(node_id, candidate_id)
+        known.actors += [pair.tester, pair.coder]
+        known.node_id = pair.node_id
+        known.coder = pair.coder
+        return pair.coder
 
     async def develop(
         self, candidate: CrateCandidate, spec: ToolSpec
@@ -303,6 +370,7 @@ class RayRoles:
         )
 
     def shutdown(self) -> None:
+        self._trim_warm(0)
         for known in self.candidates.values():
             for actor in known.actors:
                 ray.kill(actor, no_restart=True)

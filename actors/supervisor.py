@@ -42,6 +42,7 @@ class SupervisorActor:
             run_id, self.record.directory / "journal.jsonl", journal=self.journal
         )
         plan = RunPlan.model_validate(started.plan)
+        self.candidates = started.candidates
         model_ref = parse_model(started.model) if started.model else None
         code_step = plan.step("code")
         self.roles = RayRoles(
@@ -79,6 +80,8 @@ class SupervisorActor:
                     messages = [entry.message for entry in self.journal.entries(run_id)]
                     history = RunHistory.of(run_id, messages)
                     self.recorder.go_on_from(messages)
+                else:
+                    self.roles.warm(request, self.candidates)
                 return await self.supervisor.run(request, history)
         except RunBusy as exc:  # another process resumed it first: leave the run alone
             return StepFailed(run_id=run_id, step="plan", error_type="RunBusy", reason=exc.message)
