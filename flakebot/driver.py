@@ -1,7 +1,8 @@
 """The Python driver API: `Flakebot(...).build(request) -> ToolManifest`.
 
 It checks the machine first (cargo, nix, bwrap, the registry, a writable home: milliseconds, before
-Ray starts), starts a local Ray cluster (or joins one with `address`), runs each request's plan in
+Ray starts), starts a local Ray cluster (or joins one with `address`, or the one `flakebot up`
+keeps running for this home: flakebot.cluster), runs each request's plan in
 a supervisor actor, and relays the run's events while it goes. `build` blocks; `abuild` is the
 async variant; `resume(run_id)` goes on with a killed run from its journal, with the options it
 was started with (its RunStarted message); `build_many` runs several requests at once and
@@ -30,6 +31,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.roles import Handle, answer
 from actors.secrets import hand_over
 from actors.supervisor import SupervisorActor
+from flakebot import cluster as local_cluster
 from flakebot.doctor import require_ready
 from flakebot.errors import ConfigError, FlakebotError, RunFailed
 from flakebot.failures import step_failed
@@ -62,6 +64,17 @@ CLUSTER_ENV = ("FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL", "FLAKEBOT_FORBID_REAL_M
 SUPERVISOR_MARGIN_S = 120.0
 
 
+def _present_token(env: dict[str, str]) -> None:
+    """Make this process present a cluster's token when it joins. Ray reads its authentication
+    settings once, at import: they are read again after the environment changes (Ray 2.60's own
+    way, as `ray.init` does when it turns token mode on for a local cluster)."""
+    os.environ.update(env)
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def new_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
@@ -90,12 +103,16 @@ class Flakebot:
         if ray.is_initialized():
             return
         address = self.address or os.environ.get("RAY_ADDRESS") or None
+        up = None if address else local_cluster.running(self.settings.home)
+        if up is not None:  # `flakebot up` for this home: join it, its nodes share the home
+            _present_token(up.client_env())
+            address = up.address
         names = CLUSTER_ENV if address else PASSED_ENV
         env = {name: os.environ[name] for name in names if name in os.environ}
         if not address:
             env["FLAKEBOT_HOME"] = str(self.settings.home)
             env["GROQ_API_KEY"] = env["GROQ_API_KEY_FILE"] = ""  # handed over: actors.secrets
-        self._joined = bool(address)
+        self._joined = bool(address) and up is None  # a cluster whose nodes have other homes
         runtime_env = {
             "env_vars": env,
             "worker_process_setup_hook": "flakebot.logs.setup_worker_logging",

@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flakebot.cluster import MARKER, LocalCluster
+
 BIN = Path(sys.executable).parent
 
 
@@ -77,39 +79,19 @@ class LocalHead:
         ]  # fmt: skip
         environment = self.client_env() | {
             "FLAKEBOT_HOME": str(self.home),
-            "FLAKEBOT_TEST_RAY_HEAD": self.marker,
+            MARKER: self.marker,
             **env,
         }
         done = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
 
     def processes(self) -> list[int]:
-        mine = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            if self._marked(entry) or self._writes_to_temp_dir(entry):
-                mine.append(int(entry.name))
-        return [pid for pid in mine if pid != os.getpid()]
-
-    def _marked(self, process: Path) -> bool:
-        try:
-            return (
-                f"FLAKEBOT_TEST_RAY_HEAD={self.marker}".encode()
-                in (process / "environ").read_bytes()
-            )
-        except OSError:
-            return False
-
-    def _writes_to_temp_dir(self, process: Path) -> bool:
-        """The agents overwrite their environment with their title; their logs still say."""
-        try:
-            for descriptor in (process / "fd").iterdir():
-                if os.readlink(descriptor).startswith(f"{self.temp_dir}/"):
-                    return True
-        except OSError:
-            return False
-        return False
+        """Its processes, found the way `flakebot down` finds a cluster's (flakebot.cluster)."""
+        as_cluster = LocalCluster(
+            address="", temp_dir=str(self.temp_dir), token_path=str(self.token_path),
+            marker=self.marker, cores=self.cargo,
+        )  # fmt: skip
+        return as_cluster.processes()
 
     def stop(self) -> None:
         deadline = time.monotonic() + 30

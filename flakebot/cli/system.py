@@ -1,4 +1,5 @@
-"""System commands: `flakebot doctor` and `flakebot schema`."""
+"""System commands: `flakebot doctor`, `flakebot schema`, and `flakebot up` / `down` (a local
+cluster kept running between runs: flakebot.cluster)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from flakebot import cluster
 from flakebot.cli import JsonFlag, app, err, load_settings, out, print_json
 from flakebot.doctor import CHECK_NAMES, CheckName, Doctor, DoctorReport
 from flakebot.errors import ConfigError
@@ -74,3 +76,31 @@ def _print_report(report: DoctorReport) -> None:
 def schema() -> None:
     """Print the JSON Schema of every protocol message (one discriminated union)."""
     print_json(json_schema())
+
+
+@app.command()
+def up(
+    cores: Annotated[
+        int | None,
+        typer.Option("--cores", min=1, max=512, help="CPUs and cargo slots (default: all)."),
+    ] = None,
+) -> None:
+    """Start a local Ray cluster and keep it running: every run on this FLAKEBOT_HOME joins it
+    instead of starting Ray itself (about 5 s saved per run). `flakebot down` stops it."""
+    settings = load_settings()
+    already = cluster.running(settings.home)
+    with err.status("starting Ray..."):
+        running = already or cluster.start(settings.home, cores=cores)
+    state = "already up" if already else "up"
+    out.print(
+        f"cluster {state} at {running.address} ({running.cores} cores); runs on "
+        f"{escape(str(settings.home))} join it. Stop it with `flakebot down`."
+    )
+
+
+@app.command()
+def down() -> None:
+    """Stop the cluster `flakebot up` started for this FLAKEBOT_HOME."""
+    settings = load_settings()
+    stopped = cluster.stop(settings.home)
+    out.print("no cluster was up" if stopped is None else f"cluster at {stopped.address} stopped")
