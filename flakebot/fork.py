@@ -40,6 +40,7 @@ from flakebot.fork_sources import commit_all
 from flakebot.runstate import ForkRecord, RunRecord
 from flakebot.sandbox import Sandbox
 from flakebot.settings import DEBIAN_REGISTRY, Settings
+from flakebot.tester import lint_target_dir
 from messages import ChangedFile, CrateCandidate, PrunedItem, RegistryRef, ScoreParts, Workspace
 
 log = structlog.get_logger()
@@ -101,7 +102,7 @@ class Forker:
                 )
             candidate = candidate.model_copy(update={"version": start.version})
             target = self.target_dir(candidate.name, candidate.version)
-            record.add("target_dir", target, candidate_id=candidate.candidate_id)
+            hold_target(record, target, candidate.candidate_id)
             pruned = make_offline(
                 candidate,
                 path,
@@ -301,7 +302,7 @@ class Forker:
                 shutil.rmtree(path, ignore_errors=True)
             raise
         target = self.target_dir(workspace.crate_name, workspace.crate_version)
-        record.add("target_dir", target, candidate_id=workspace.candidate_id)
+        hold_target(record, target, workspace.candidate_id)
         here = workspace.model_copy(update={"path": str(path), "target_dir": str(target)})
         record.save_fork(candidate, here)
         return here
@@ -332,7 +333,7 @@ class Forker:
             shutil.rmtree(path, ignore_errors=True)
             raise
         target = self.target_dir(candidate.name, candidate.version)
-        record.add("target_dir", target, candidate_id=candidate.candidate_id)
+        hold_target(record, target, candidate.candidate_id)
         workspace = kept.model_copy(
             update={
                 "run_id": candidate.run_id,
@@ -386,3 +387,9 @@ def _pruned_from_history(repo: pygit2.Repository) -> list[PrunedItem]:
                 name, _, reason = rest.partition(": ")
                 pruned.append(PrunedItem(what=what, name=name, reason=reason))
     return pruned
+
+
+def hold_target(record: RunRecord, target: Path, candidate_id: str) -> None:
+    """The run holds the fork's shared target dir and clippy's beside it (flakebot.tester)."""
+    record.add("target_dir", target, candidate_id=candidate_id)
+    record.add("target_dir", lint_target_dir(target), candidate_id=candidate_id)

@@ -1,8 +1,11 @@
 """The tester: cargo build, cargo test and cargo clippy in the sandbox, read into a TestReport.
 
-Stages run in order; when the build fails, test and clippy are skipped (their output would only
-repeat the build's errors). Clippy is skipped when the toolchain has no clippy. Every stage has a
-time limit; one that runs over is `timed_out` and its whole process tree is killed.
+The build runs first; when it fails, test and clippy are skipped (their output would only repeat
+the build's errors). Then test and clippy run side by side: clippy checks the crate in a target
+dir of its own (`<target>.clippy`, beside the shared one: two cargo commands in one target dir
+wait for each other's lock), so its lints are ready while the tests still compile and run.
+Clippy is skipped when the toolchain has no clippy. Every stage has a time limit; one that runs
+over is `timed_out` and its whole process tree is killed.
 
 All attempts and candidates of one crate version share one target dir, so a fix rebuilds
 incrementally. Cargo names a path package's artifacts without its directory and trusts mtimes, so
@@ -19,6 +22,7 @@ import fcntl
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -45,6 +49,11 @@ COMMANDS: dict[Stage, list[str]] = {
 
 
 LATER_CANDIDATE_NICE = 10
+
+
+def lint_target_dir(target_dir: Path) -> Path:
+    """Where clippy checks a fork: beside its shared target dir, so both can run at once."""
+    return target_dir.with_name(f"{target_dir.name}.clippy")
 
 
 def niceness(candidate_id: str) -> int:
@@ -121,19 +130,31 @@ class Tester:
         wanted = set(stages)
         results = [self._stage("build", COMMANDS["build"], workdir, target_dir, nice)]
         built = results[0].status == "passed"
+        later: dict[Stage, StageResult | None] = {}
+        runs: list[tuple[Stage, list[str], Path]] = []
         for stage in ("test", "clippy"):
             if stage not in wanted:
                 continue
             if not built:
-                results.append(_skipped(stage, "the build failed"))
+                later[stage] = _skipped(stage, "the build failed")
             elif stage == "clippy" and not self.sandbox.toolchain.has_clippy:
-                results.append(_skipped(stage, "clippy is not installed in this toolchain"))
+                later[stage] = _skipped(stage, "clippy is not installed in this toolchain")
             else:
                 command = list(COMMANDS[stage])
                 if stage == "clippy" and lint_warn:
                     command += ["--", *(arg for lint in lint_warn for arg in ("-W", lint))]
-                results.append(self._stage(stage, command, workdir, target_dir, nice))
-        return results
+                target = lint_target_dir(target_dir) if stage == "clippy" else target_dir
+                later[stage] = None
+                runs.append((stage, command, target))
+        if runs:
+            with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+                running = [
+                    (stage, pool.submit(self._stage, stage, command, workdir, target, nice))
+                    for stage, command, target in runs
+                ]
+                for stage, future in running:
+                    later[stage] = future.result()
+        return results + [result for result in later.values() if result is not None]
 
     def _stage(
         self, stage: Stage, command: list[str], workdir: Path, target_dir: Path, nice: int = 0

@@ -345,11 +345,12 @@ def test_target_dirs_of_a_package_that_is_not_a_fork_are_cleaned(
     package = make_crate(tmp_path, "mine", "0.1.0", files={"src/main.rs": "fn main() {}\n"})
     tested = cli("test", str(package), "--json")
     assert tested.code == 0, tested.stderr
-    targets = [path for path in (home / "targets").iterdir() if path.name.startswith("mine-")]
-    assert len(targets) == 1
+    targets = sorted(p for p in (home / "targets").iterdir() if p.name.startswith("mine-"))
+    assert len(targets) == 2 and targets[1].name == f"{targets[0].name}.clippy"  # clippy's own
+    assert (targets[1] / "debug").is_dir()  # clippy checked there, beside the tests' target dir
     cleaned = cli("clean", "--all", "--json")
     assert cleaned.code == 0, cleaned.stderr
-    assert not targets[0].exists()
+    assert [path for path in targets if path.exists()] == []
 
 
 def test_a_malformed_cargo_config_in_a_fork_is_a_red_report_not_a_traceback(

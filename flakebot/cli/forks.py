@@ -17,7 +17,7 @@ from flakebot.crates.fetch import dependency_dir
 from flakebot.crates.index import CrateIndex, index_path
 from flakebot.crates.sparse import SparseRegistry, pick_version
 from flakebot.errors import ConfigError
-from flakebot.fork import Forker, fork_ids
+from flakebot.fork import Forker, fork_ids, hold_target
 from flakebot.home import check_id
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
@@ -149,7 +149,7 @@ def test_command(
     sandbox = Sandbox.for_registry(toolchain, registry, enabled=not no_sandbox)
     forker = Forker(settings, sandbox)
     target_dir = forker.target_dir(name, version)
-    RunRecord(settings.home, run_id).add("target_dir", target_dir, candidate_id=candidate_id)
+    hold_target(RunRecord(settings.home, run_id), target_dir, candidate_id)
     if spec is not None:
         tool_spec = load_spec(spec, run_id)
         crate = read_crate(package)
