@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,6 +172,7 @@ def stop(home: Path) -> LocalCluster | None:
         return None
     stop_processes(cluster)
     path.unlink(missing_ok=True)
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)  # its sockets, logs and token
     return cluster
 
 

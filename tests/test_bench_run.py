@@ -114,6 +114,7 @@ def test_bench_of_two_tasks_on_a_cluster_kept_up(cli: Cli, home: Path, tmp_path:
         stopped = cli("down")
     assert stopped.code == 0 and "stopped" in stopped.stdout
     assert up.processes() == [] and cluster.running(home) is None
+    assert not Path(up.temp_dir).exists()
 
 
 def test_a_stale_cluster_record_is_forgotten(home: Path) -> None:
