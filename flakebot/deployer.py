@@ -11,6 +11,9 @@ store path the build added is recorded for the janitor. A service is started in 
 (flakebot.services), its health path polled, its listening addresses checked (loopback only), and
 its probes run, before the Deployment is returned.
 
+`Deployer.prebuild` starts building the fork's dependencies alone (flakebot.prebuild) from an
+export of its current commit and the same flake, so that the deploy later compiles only the crate.
+
 Which registry the build may see comes from the Workspace message (the run's own record of the
 fork), never from the fork's files.
 """
@@ -36,9 +39,11 @@ from flakebot.flake_template import nix_string, write_flake
 from flakebot.fork import Forker
 from flakebot.matching import output_matches
 from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system
+from flakebot.prebuild import Prebuild, PrebuildJob, prebuild_dir, stop_runner
 from flakebot.runstate import RunRecord, all_runs
 from flakebot.sandbox import Toolchain
 from flakebot.service_host import ServiceJob
+from flakebot.services import start_time
 from flakebot.settings import Settings
 from messages import Deployment, RegistryRef, ServiceInstance, ToolSpec, Workspace
 
@@ -115,20 +120,57 @@ class Deployer:
         """Where the deployed flake's source lives: Flakebot's export of the fork's commit."""
         return self.settings.home / "deployments" / workspace.run_id / workspace.candidate_id
 
-    def deploy(
-        self, workspace: Workspace, spec: ToolSpec, forker: Forker, *, bin_name: str
-    ) -> Deployment:
-        root = Path(workspace.path)
-        registry = workspace.registry
-        record = RunRecord(self.settings.home, workspace.run_id)
-        if write_flake(
+    def flake_into(
+        self, root: Path, workspace: Workspace, spec: ToolSpec, *, bin_name: str
+    ) -> bool:
+        """Write the fork's flake.nix into `root` (the fork, or an export of it)."""
+        return write_flake(
             root,
             pname=spec.name,
             version=workspace.crate_version,
             bin_name=bin_name,
             description=spec.summary,
             subdir=str(Path(workspace.manifest_path).parent),
-        ):
+        )
+
+    def prebuild(
+        self, workspace: Workspace, spec: ToolSpec, forker: Forker, *, bin_name: str
+    ) -> Prebuild:
+        """Start building the dependencies of the fork's current commit in the background: its
+        export, with the flake its deploy will write (flakebot.prebuild)."""
+        record = RunRecord(self.settings.home, workspace.run_id)
+        for earlier in record.items("prebuild", workspace.candidate_id):
+            if earlier.pid is not None:  # a coder restarted: its earlier prebuild goes first
+                stop_runner(earlier.pid, earlier.started)
+        directory = prebuild_dir(self.settings.home, workspace.run_id, workspace.candidate_id)
+        record.add("prebuild", directory, candidate_id=workspace.candidate_id)
+        (directory / "status.json").unlink(missing_ok=True)
+        flake = directory / "flake"
+        forker.export(workspace, flake)
+        self.flake_into(flake, workspace, spec, bin_name=bin_name)
+        me = os.getpid()
+        job = PrebuildJob(
+            home=str(self.settings.home),
+            run_id=workspace.run_id,
+            candidate_id=workspace.candidate_id,
+            directory=str(directory),
+            flake=f"path:{flake}",
+            attribute=f"packages.{current_system()}.default.flakebotDeps",
+            standin=f"path:{self.offline_nixpkgs(workspace.registry)}",
+            sandbox_paths=self.sandbox_paths(workspace.registry),
+            extra_args=self.flake_args(workspace.registry),
+            watch_pid=me,
+            watch_started=start_time(me) or 0,
+        )
+        return Prebuild.start(job)
+
+    def deploy(
+        self, workspace: Workspace, spec: ToolSpec, forker: Forker, *, bin_name: str
+    ) -> Deployment:
+        root = Path(workspace.path)
+        registry = workspace.registry
+        record = RunRecord(self.settings.home, workspace.run_id)
+        if self.flake_into(root, workspace, spec, bin_name=bin_name):
             forker.commit(workspace, f"flakebot: flake.nix for {spec.name}")
         source = self.source_dir(workspace)
         record.add("deployment", source, candidate_id=workspace.candidate_id)

@@ -1,16 +1,19 @@
 """The janitor: removes what a run made, as its record says, and reports what it freed.
 
-In order: stop the run's services, remove its GC roots, delete the store paths its builds added
-(by name, one by one: a path still rooted elsewhere, e.g. by another run that built the same thing,
-is reported and kept), remove its deployed flake sources and workspaces, and remove the target
-dirs no other run still uses. With `keep_deployment` the services, GC roots, store paths and the
-deployed flake sources stay (the manifest's commands keep working). Cleaning is idempotent: what is
-already gone is skipped. Runs whose lease is older than the TTL are cleaned by `clean_expired`.
+In order: stop the run's prebuilds (flakebot.prebuild: a runner records what its build added as it
+ends, so it ends first) and remove their exports, stop its services, remove its GC roots, delete
+the store paths its builds added (by name, one by one: a path still rooted elsewhere, e.g. by
+another run that built the same thing, is reported and kept, and one that another run recorded
+too, e.g. dependencies its prebuild found built, is left for that run), remove its deployed flake
+sources and workspaces, and remove the target dirs no other run still uses. With
+`keep_deployment` the services, GC roots, store paths and the deployed flake sources stay (the
+manifest's commands keep working). Cleaning is idempotent: what is already gone is skipped. Runs
+whose lease is older than the TTL are cleaned by `clean_expired`.
 
 A service is stopped only if the process at its recorded pid is still that service (same start
-time, same program): a pid the kernel has since reused is left alone. `clean_all` and
-`clean_expired` skip runs that are still in progress (a live process holds their run lock) unless
-forced, and say which they skipped.
+time, same program), and a prebuild only if it is still that runner: a pid the kernel has since
+reused is left alone. `clean_all` and `clean_expired` skip runs that are still in progress (a live
+process holds their run lock) unless forced, and say which they skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import structlog
 from flakebot import services
 from flakebot.errors import CommandFailed
 from flakebot.nix import Nix
+from flakebot.prebuild import stop_runner
 from flakebot.runstate import Resource, RunRecord, all_runs
 from flakebot.settings import Settings
 from flakebot.verified import VerifiedResults
@@ -64,9 +68,13 @@ class Janitor:
         record = RunRecord(self.settings.home, request.run_id)
         removed: list[RemovedItem] = []
         failures: list[CleanupFailure] = []
-        mine = record.items(candidate_id=request.candidate_id)
+        for prebuild in record.items("prebuild", request.candidate_id):
+            if prebuild.pid is not None and stop_runner(prebuild.pid, prebuild.started):
+                log.info("prebuild_stopped", candidate=prebuild.candidate_id, pid=prebuild.pid)
+        mine = record.items(candidate_id=request.candidate_id)  # with what the prebuilds added
         deployment_kinds = ("service", "gc_root", "store_path", "deployment")
-        for kind in ("service", "gc_root", "store_path", "deployment", "workspace", "target_dir"):
+        kinds = ("prebuild", "service", "gc_root", "store_path", "deployment", "workspace")
+        for kind in (*kinds, "target_dir"):
             if request.keep_deployment and kind in deployment_kinds:
                 continue
             items = [item for item in mine if item.kind == kind]
@@ -136,6 +144,9 @@ class Janitor:
                 )
             if item.kind == "target_dir" and self._used_elsewhere(record, item):
                 record.remove(item)
+                return None
+            if item.kind == "prebuild" and item.pid is not None:
+                record.remove(item)  # its runner was stopped; its directory is another item
                 return None
             if not path.exists() and not path.is_symlink():
                 record.remove(item)
@@ -207,6 +218,7 @@ class Janitor:
             self.settings.workspaces_dir,
             self.settings.gcroots_dir,
             self.settings.home / "deployments",
+            self.settings.home / "prebuilds",
         ):
             run_dir = directory / record.run_id
             if run_dir.is_dir() and not any(run_dir.iterdir()):

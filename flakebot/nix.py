@@ -11,12 +11,20 @@ Nix binds `extra-sandbox-paths` into its build sandbox as they are: writable, fo
 runs as root. A build script in the source being built could then change the host's /usr or the
 Rust toolchain. So `nix build` itself runs in a mount namespace (bubblewrap, everything else as
 on the host) in which every one of those paths is a read-only bind; Nix's own binds inherit that.
+
+`start_build` runs the same `nix build`, wrapped the same way, in the background (for
+flakebot.prebuild): its output goes to files, and `BuildProcess.interrupt` stops it as Ctrl-C
+would, so that Nix stops its builder and removes the build's chroot before it exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
+import signal
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +82,54 @@ class BuildResult:
     out_paths: dict[str, str]
 
 
+def built_result(json_text: str) -> BuildResult:
+    """What `nix build --json` printed, for its one installable."""
+    built = json.loads(json_text)[0]
+    return BuildResult(drv_path=built["drvPath"], out_paths=dict(built["outputs"]))
+
+
+@dataclass
+class BuildProcess:
+    """A `nix build` running in the background (Nix.start_build), in a session of its own."""
+
+    argv: list[str]
+    process: subprocess.Popen[bytes]
+    output: Path
+    log: Path
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def result(self) -> BuildResult:
+        """What it built (waiting for it); CommandFailed unless it ended well."""
+        code = self.process.wait()
+        if code != 0:
+            tail = self.log.read_bytes()[-4_000:].decode(errors="replace")
+            raise CommandFailed(self.argv, code, tail)
+        return built_result(self.output.read_text())
+
+    def interrupt(self, grace: float = 30.0) -> int:
+        """Stop it as Ctrl-C would: SIGINT to nix (bwrap's child), which stops its builder and
+        cleans up; the whole session is killed if it has not ended after `grace` seconds."""
+        pid = self.process.pid
+        if self.process.poll() is None:
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                children = []
+            with contextlib.suppress(ProcessLookupError):
+                if children:
+                    os.kill(int(children[0]), signal.SIGINT)
+                else:  # nix has not started yet: bwrap goes, and takes it along
+                    os.killpg(pid, signal.SIGINT)
+        try:
+            return self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            return self.process.wait()
+
+
 class Nix:
     """The `nix` command, with this machine's flags."""
 
@@ -88,6 +144,25 @@ class Nix:
         done = run(self._argv("--version"), timeout=30).check(hint=NIX_HINT)
         return done.stdout.strip().removeprefix("nix (Nix) ")
 
+    def _build_argv(
+        self,
+        installable: str,
+        *,
+        sandbox_paths: Sequence[str],
+        out_link: Path | None,
+        extra_args: Sequence[str],
+    ) -> list[str]:
+        link = ["--out-link", str(out_link)] if out_link is not None else ["--no-link"]
+        return self._argv(
+            "build",
+            *offline_options(sandbox_paths),
+            *extra_args,
+            *link,
+            "--json",
+            "--print-build-logs",
+            installable,
+        )
+
     def build(
         self,
         flake_ref: str,
@@ -98,22 +173,53 @@ class Nix:
         extra_args: Sequence[str] = (),
     ) -> BuildResult:
         """`nix build` offline; returns the derivation and its output paths."""
-        link = ["--out-link", str(out_link)] if out_link is not None else ["--no-link"]
-        argv = self._argv(
-            "build",
-            *offline_options(sandbox_paths),
-            *extra_args,
-            *link,
-            "--json",
-            "--print-build-logs",
-            flake_ref,
+        argv = self._build_argv(
+            flake_ref, sandbox_paths=sandbox_paths, out_link=out_link, extra_args=extra_args
         )
         done = run([*read_only_host(sandbox_paths), *argv], timeout=timeout)
         if not done.ok:
             raise CommandFailed(argv, done.returncode, done.stderr[-4_000:])
-        built = json.loads(done.stdout)[0]
         log.debug("flake_built", flake_ref=flake_ref, seconds=round(done.seconds, 2))
-        return BuildResult(drv_path=built["drvPath"], out_paths=dict(built["outputs"]))
+        return built_result(done.stdout)
+
+    def start_build(
+        self,
+        installable: str,
+        *,
+        sandbox_paths: Sequence[str],
+        extra_args: Sequence[str],
+        output: Path,
+    ) -> BuildProcess:
+        """`nix build --no-link` started in the background, wrapped as `build` wraps it; its
+        JSON goes to `output`, its log to `output` with the suffix `.log`."""
+        argv = self._build_argv(
+            installable, sandbox_paths=sandbox_paths, out_link=None, extra_args=extra_args
+        )
+        log_path = output.with_suffix(".log")
+        with output.open("wb") as stdout, log_path.open("wb") as stderr:
+            process = subprocess.Popen(
+                [*read_only_host(sandbox_paths), *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        return BuildProcess(argv, process, output, log_path)
+
+    def derivation(self, installable: str, extra_args: Sequence[str] = ()) -> str:
+        """The .drv path of a flake output (evaluated and written to the store, not built)."""
+        argv = self._argv(
+            "path-info", "--derivation", *offline_options(()), *extra_args, installable
+        )
+        done = run(argv, timeout=300).check()
+        return done.stdout.strip().splitlines()[-1]
+
+    def outputs(self, drv_paths: Sequence[str]) -> list[str]:
+        """The output paths of these derivations (built or not)."""
+        if not drv_paths:
+            return []
+        done = run([self.nix_store, "--query", "--outputs", *drv_paths], timeout=120).check()
+        return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
     def closure(self, store_path: str) -> list[str]:
         return closure(store_path, self.nix_store)
@@ -129,9 +235,11 @@ class Nix:
         """`nix run FLAKE --` with this machine's flags; append the tool's arguments."""
         return self._argv("run", *offline_options(()), *extra_args, flake_ref, "--")
 
-    def source_path(self, flake_ref: str) -> str:
+    def source_path(self, flake_ref: str, extra_args: Sequence[str] = ()) -> str:
         """The store path holding the flake's source (what `path:` copied into the store)."""
-        argv = self._argv("flake", "metadata", *offline_options(()), "--json", flake_ref)
+        argv = self._argv(
+            "flake", "metadata", *offline_options(()), *extra_args, "--json", flake_ref
+        )
         done = run(argv, timeout=120).check()
         path: str = json.loads(done.stdout)["path"]
         return path

@@ -5,8 +5,9 @@ edit has run, so facts about a run never come from there. They come from here, w
 outside every sandbox:
 
 - `resources.json`: what the run made (workspaces, target dirs, GC roots, store paths, deployment
-  sources, services with their process identity), each tagged with its candidate, and when the
-  run's lease started. Every role records what it creates here first; the janitor reads it back.
+  sources, services and prebuilds with their process identity), each tagged with its candidate,
+  and when the run's lease started. Every role records what it creates here first; the janitor
+  reads it back.
 - `forks/<candidate>.json`: each fork as it was made: the crate candidate (name, version, licence,
   repository, the registry it came from) and the Workspace message (path, branch, target dir,
   package directory). Later steps read the registry to bind into a sandbox, the target dir and the
@@ -34,7 +35,9 @@ from flakebot.errors import RunBusy
 from flakebot.home import ID_PATTERN, PRIVATE_DIR, PRIVATE_FILE, check_id, run_dir, write_private
 from messages import CrateCandidate, Workspace
 
-Kind = Literal["workspace", "target_dir", "gc_root", "store_path", "deployment", "service"]
+Kind = Literal[
+    "workspace", "target_dir", "gc_root", "store_path", "deployment", "service", "prebuild"
+]
 
 
 class Resource(BaseModel):

@@ -55,15 +55,16 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])  # field 22 of the whole line: starttime
 
 
-def is_service_host(pid: int, started: int) -> bool:
-    """Is `pid` still the service host that started at `started`?"""
+def is_service_host(pid: int, started: int, *, program: str = PROGRAM) -> bool:
+    """Is `pid` still the service host (or another `program` of ours: its module's name is in
+    its command line) that started at `started`?"""
     if start_time(pid) != started:
         return False
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except FileNotFoundError:
         return False
-    return PROGRAM.encode() in command
+    return program.encode() in command
 
 
 def start(job: ServiceJob) -> ServiceProcess:
@@ -84,16 +85,17 @@ def start(job: ServiceJob) -> ServiceProcess:
     return ServiceProcess(pid=pid, started=started, port=int(answer["port"]))
 
 
-def stop(pid: int, started: int | None, *, grace: float = 5.0) -> bool:
-    """Stop the service host `pid` if it is still the one started at `started`; True if stopped."""
-    if started is None or not is_service_host(pid, started):
+def stop(pid: int, started: int | None, *, grace: float = 5.0, program: str = PROGRAM) -> bool:
+    """Stop the service host (or `program`) `pid` if it is still the one started at `started`,
+    SIGTERM first and SIGKILL after `grace` seconds; True if stopped."""
+    if started is None or not is_service_host(pid, started, program=program):
         return False
     try:
         handle = os.pidfd_open(pid)
     except ProcessLookupError:
         return False
     try:
-        if not is_service_host(pid, started):  # the pidfd now pins this very process
+        if not is_service_host(pid, started, program=program):  # the pidfd pins this process
             return False
         signal.pidfd_send_signal(handle, signal.SIGTERM)
         if not select.select([handle], [], [], grace)[0]:

@@ -143,7 +143,14 @@ class RemovedItem(Part):
     """One thing the janitor removed."""
 
     what: Literal[
-        "workspace", "target_dir", "gc_root", "store_path", "deployment", "service", "cache"
+        "workspace",
+        "target_dir",
+        "gc_root",
+        "store_path",
+        "deployment",
+        "service",
+        "prebuild",
+        "cache",
     ]
     path: str
     bytes_freed: int = Field(ge=0)
