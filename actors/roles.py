@@ -172,7 +172,8 @@ class RemoteTestRunner:
 @ray.remote(num_cpus=0)
 class CoderActor:
     """A candidate's coder. On a node other than the run's home, it journals to the home and
-    hands its fork over there after each test report (flakebot.run_store)."""
+    hands its fork over there after each test report (flakebot.run_store); at the home, where
+    deploys run, it starts the first candidate's dependency build early (flakebot.prebuild)."""
 
     def __init__(
         self,
@@ -193,6 +194,7 @@ class CoderActor:
             max_attempts=max_attempts,
             budget=SharedBudget(budget),
             store=RemoteRunStore(store) if away else None,
+            prebuild=not away,
         )
 
     async def develop(

@@ -7,6 +7,7 @@ the supervisor can backtrack instead of crashing.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -28,10 +29,11 @@ from flakebot.models import Budget, Model, NoModel, Transcript, load_model
 from flakebot.models.budget import RunBudget
 from flakebot.models.journalled import JournalledModel
 from flakebot.planner import Planner
+from flakebot.prebuild import Prebuild
 from flakebot.run_store import RunStore, Store, fork_here, receive
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
-from flakebot.scout import Scout
+from flakebot.scout import Scout, candidate_rank
 from flakebot.settings import ModelRef, Settings
 from flakebot.tool_sandbox import ToolSandbox
 from flakebot.verified import VerifiedResult, VerifiedResults, result_key
@@ -106,7 +108,13 @@ class DeveloperRole:
     With a `store` (a coder on a node other than the run's home: flakebot.run_store), what the
     loop journals goes to the run's home, the fork is handed over there after each test report,
     and a candidate whose fork is not on this node (rescheduled after its node died, or resumed
-    elsewhere) goes on from the fork handed over last."""
+    elsewhere) goes on from the fork handed over last.
+
+    With `prebuild` (a coder at the run's home, where deploys run), the candidate the scout
+    ranked first has its dependencies built by Nix as soon as it is forked, while the loop
+    works (flakebot.prebuild): its deploy then compiles only the crate. Only that one, so that
+    the candidates of a batch do not all build at once. A candidate that ends without passing
+    stops its prebuild; a green one leaves it to its deploy."""
 
     def __init__(
         self,
@@ -117,11 +125,13 @@ class DeveloperRole:
         max_attempts: int = 4,
         budget: RunBudget | None = None,
         store: Store | None = None,
+        prebuild: bool = False,
     ) -> None:
         self.settings = settings
         self.model_ref = model_ref
         self.tester = tester
         self.store = store
+        self.prebuild = prebuild
         self.journal: RunJournal = store or Journal(settings.journal_path)
         self.budget = budget or Budget()
         self.max_attempts = max_attempts
@@ -183,8 +193,11 @@ class DeveloperRole:
                 candidate_id=candidate.candidate_id,
                 backtrack_to="scout",
             )
+        prebuild = self._prebuild(workspace, spec, forker)
+        green = False
         try:
             result = await self._loop(workspace).run(workspace, spec)
+            green = result.status == "green"
         except FlakebotError as exc:
             return workspace, step_failed(
                 candidate.run_id,
@@ -193,9 +206,24 @@ class DeveloperRole:
                 candidate_id=candidate.candidate_id,
                 backtrack_to="scout",
             )
+        finally:
+            if prebuild is not None and not green:  # the deploy takes a green one's
+                await asyncio.to_thread(prebuild.stop)
         if kept is not None and result.status == "green" and result.head_commit == kept_commit:
             result = result.model_copy(update={"reused_from": kept.run_id})
         return workspace, result
+
+    def _prebuild(self, workspace: Workspace, spec: ToolSpec, forker: Forker) -> Prebuild | None:
+        """Start building the dependencies of the scout's first candidate (see the class)."""
+        if not self.prebuild or candidate_rank(workspace.candidate_id) != 1:
+            return None
+        try:
+            deployer = Deployer(self.settings, forker.sandbox.toolchain)
+            bin_name = workspace.bin_names[0] if workspace.bin_names else workspace.crate_name
+            return deployer.prebuild(workspace, spec, forker, bin_name=bin_name)
+        except (FlakebotError, OSError) as exc:  # the deploy will build them itself
+            log.warning("prebuild_not_started", error=str(exc)[:300])
+            return None
 
     def _reuse(self, forker: Forker, candidate: CrateCandidate, kept: VerifiedResult) -> Workspace:
         """The candidate's fork made from a verified result, its green report journalled for

@@ -3,8 +3,9 @@
 - the stand-in's dependencies-only derivation sees only the manifests: its path stays when a
   source file changes and moves when Cargo.lock does, and it stands in an empty file for every
   target cargo loads (workspace members, path dependencies, declared and discovered targets);
-- a prebuild that fails (as on real nixpkgs) or is stopped mid-build leaves no process, no chroot
-  and nothing the janitor misses, and the deploy then builds the dependencies itself;
+- a prebuild that fails (as on real nixpkgs), is stopped mid-build, or whose starter is killed
+  (as Ray kills a coder) leaves no process, no chroot and nothing the janitor misses, and the
+  deploy then builds the dependencies itself;
 - a deploy after a prebuild compiles only the crate, as its Nix log says;
 - cleaning a run removes its dependencies' store path, unless another run's prebuild holds it.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -293,3 +296,70 @@ def test_clean_removes_the_deps_unless_another_run_holds_them(story: Story) -> N
     assert not (story.settings.home / "prebuilds" / "p2").exists()
     left = store() - story.store_before
     assert not [name for name in left if "hexcat" in name or name.endswith(".chroot")]
+
+
+STARTS_A_PREBUILD = """
+import sys, time
+from pathlib import Path
+from flakebot.deployer import Deployer
+from flakebot.fork import Forker
+from flakebot.runstate import RunRecord
+from flakebot.sandbox import Sandbox, Toolchain
+from flakebot.settings import Settings
+from messages import ToolSpec
+settings = Settings.from_env({"FLAKEBOT_HOME": sys.argv[1]})
+toolchain = Toolchain.find()
+forker = Forker(settings, Sandbox(toolchain, read_only=(Path(sys.argv[2]),)))
+made = RunRecord(settings.home, "p3").fork("c1-orphan")
+spec = ToolSpec(run_id="p3", name="orphan", summary="Orphan.", search_queries=["orphan"])
+Deployer(settings, toolchain).prebuild(made.workspace, spec, forker, bin_name="orphan")
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_prebuild_whose_starter_dies_stops_and_records_what_it_built(story: Story) -> None:
+    """A coder killed with its candidate (as Ray kills an actor) takes no build along."""
+    registry = Path(story.workspace.registry.location)
+    make_crate(
+        registry,
+        "orphan",
+        "0.1.0",
+        extra_toml='edition = "2021"\n\n[dependencies]\nslowdep = "0.1"\n',
+        files={"src/main.rs": "fn main() {}\n"},
+    )
+    story.forker.fork(
+        candidate("orphan", "0.1.0", "c1-orphan", story.workspace.registry).model_copy(
+            update={"run_id": "p3"}
+        )
+    )
+    home, marker = story.settings.home, registry / "slowdep-0.1.0" / "slow"
+    marker.write_text("")
+    try:
+        starter = subprocess.Popen(
+            [sys.executable, "-c", STARTS_A_PREBUILD, str(home), str(registry)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert starter.stdout is not None
+        assert "started\n" in iter(starter.stdout.readline, "")  # after its log lines
+        deadline = time.monotonic() + 120
+        while not run(["pgrep", "-f", SLOW_SCRIPT], timeout=30).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        starter.kill()
+        starter.wait()
+        starter.stdout.close()
+        directory = prebuild_dir(home, "p3", "c1-orphan")
+        while not (directory / "status.json").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        marker.unlink()
+    status = PrebuildStatus.model_validate_json((directory / "status.json").read_text())
+    assert status.state == "stopped"
+    assert not run(["pgrep", "-f", SLOW_SCRIPT], timeout=30).stdout
+    recorded = [item.path for item in RunRecord(home, "p3").items("store_path")]
+    assert any(path.endswith("-orphan-0.1.0-deps.drv") for path in recorded)
+    assert Janitor(story.settings).clean(CleanupRequest(run_id="p3")).failures == []
+    assert not [name for name in store() - story.store_before if "orphan" in name]
