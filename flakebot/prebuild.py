@@ -17,11 +17,12 @@ builder and removes its chroot) and records what the build added before it exits
 when its build does, at its deadline, when `Prebuild.stop` or the janitor stops it (SIGTERM), or
 when the process that started it is gone. It records itself in the run's record (a `prebuild`
 resource with its pid and start time, which the janitor stops before it cleans), and then the
-store paths of the build: the closures of the derivation and of its output always (this run uses
-them, so cleaning another run that made them leaves them), and of what it added to the store
-only what belongs to this build (that closure, its outputs, lock files and chroots, and the two
-flake sources), never a path another run added at the same time. Its state is in `status.json`
-beside the export.
+store paths of the build: of what it added to the store only what belongs to this build (the
+closure of its derivation, their outputs, lock files and chroots, and the two flake sources),
+never a path another run added at the same time; and what it found built that another run of
+this home recorded (as a deploy does for a tool deployed before: cleaning that run leaves it,
+the last run holding it removes it). A path made elsewhere, by no run of this home, is never
+recorded, so never deleted. Its state is in `status.json` beside the export.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from flakebot.errors import FlakebotError
 from flakebot.home import check_id, private_umask, write_private
 from flakebot.logs import bind_context, configure_logging
 from flakebot.nix import BuildProcess, Nix
-from flakebot.runstate import RunRecord
+from flakebot.runstate import RunRecord, all_runs
 from flakebot.services import start_time
 
 log = structlog.get_logger()
@@ -239,10 +240,11 @@ class Runner:
         return "built" if build.poll() == 0 else "failed"
 
     def _record(self, before: set[str], drv: str | None) -> None:
-        """Record the store paths this build added, and the closures of its derivation and
-        output (also when another run made them: this run uses them)."""
+        """Record the store paths this build added, and those of the closures of its derivation
+        and output that other runs of this home recorded (this run uses them too: cleaning
+        those runs leaves them, and the last run holding them removes them)."""
         ours: set[str] = set()
-        used: list[str] = []
+        used: set[str] = set()
         if drv is not None:
             with contextlib.suppress(FlakebotError):
                 closure = self.nix.closure(drv)
@@ -251,14 +253,19 @@ class Runner:
                 ours |= {*closure, *outputs}
                 ours |= {path + ".lock" for path in outputs} | {path + ".chroot" for path in drvs}
                 built = [path for path in self.nix.outputs([drv]) if Path(path).exists()]
-                used = [*closure, *(path for out in built for path in self.nix.closure(out))]
+                used = {*closure, *(path for out in built for path in self.nix.closure(out))}
         for flake, extra_args in ((self.job.flake, self.job.extra_args), (self.job.standin, [])):
             with contextlib.suppress(FlakebotError):  # the store copies of both flakes
                 ours.add(self.nix.source_path(flake, extra_args))
         added = {str(STORE / name) for name in _store_names() - before}
-        for path in [*sorted(added & ours), *used]:
-            if path in added or Path(path).exists():
-                self.record.add("store_path", path, candidate_id=self.job.candidate_id)
+        held = {
+            item.path
+            for other in all_runs(Path(self.job.home))
+            if other.run_id != self.job.run_id
+            for item in other.items("store_path")
+        }
+        for path in sorted((added & ours) | (used & held)):
+            self.record.add("store_path", path, candidate_id=self.job.candidate_id)
 
 
 def _store_names() -> set[str]:
