@@ -79,6 +79,10 @@ def target_label(path: str) -> str:
     return pure.stem
 
 
+def _cargo_message(line: str) -> bool:
+    return line.startswith('{"reason":')
+
+
 def parse_test_results(cargo_stdout: str, cargo_stderr: str) -> list[TestCaseResult]:
     """Every test's outcome, named `<target>::<test>`, with failure output attached."""
     labels = []
@@ -86,7 +90,9 @@ def parse_test_results(cargo_stdout: str, cargo_stderr: str) -> list[TestCaseRes
         match = _RUNNING.match(line)
         if match:
             labels.append("doc" if match["doc"] else target_label(match["path"]))
-    blocks = _blocks(line for line in cargo_stdout.splitlines() if not line.startswith("{"))
+    # cargo's own JSON messages are interleaved; a test's output may start with `{` too (a JSON
+    # tool's stdout quoted in an assertion) and is kept
+    blocks = _blocks(line for line in cargo_stdout.splitlines() if not _cargo_message(line))
     results: list[TestCaseResult] = []
     for index, block in enumerate(blocks):
         label = labels[index] if index < len(labels) else f"binary{index}"

@@ -58,6 +58,7 @@ thread 'tests::b' panicked at src/lib.rs:9:5:
 assertion `left == right` failed: planted
   left: 2
  right: 3
+{"a": 1}
 
 failures:
     tests::b
@@ -96,6 +97,7 @@ def test_results_are_named_by_binary_with_failure_output() -> None:
     failed = results[1]
     assert failed.output.startswith("thread 'tests::b' panicked")
     assert "right: 3" in failed.output and "failures:" not in failed.output
+    assert '{"a": 1}' in failed.output  # a JSON tool's output, not one of cargo's messages
 
 
 def test_target_labels() -> None:
