@@ -163,6 +163,7 @@ class CodeLoop:
     lint_warn: list[str] = field(default_factory=list)
     journal: RunJournal | None = None
     keeper: ForkKeeper | None = None  # where the fork is handed over after each report
+    on_commit: Callable[[Workspace], None] | None = None  # after each commit, in a thread
 
     def _journal(self, workspace: Workspace, message: EditProposal | TestReport) -> None:
         if self.journal is not None:
@@ -181,6 +182,10 @@ class CodeLoop:
         with tempfile.TemporaryDirectory(prefix="flakebot-bundle-") as scratch:
             bundle = self.forker.export_bundle(at, Path(scratch) / "fork.bundle")
             self.keeper.keep_fork(made.candidate, at, bundle.read_bytes())
+
+    async def _committed(self, workspace: Workspace) -> None:
+        if self.on_commit is not None:
+            await asyncio.to_thread(self.on_commit, workspace)
 
     def _tell(self, outcome: AttemptOutcome) -> None:
         if self.on_attempt is not None:
@@ -256,6 +261,7 @@ class CodeLoop:
             )
             self.history.append(record)
             commit = self.forker.commit(workspace, commit_message(record))
+            await self._committed(workspace)
             report = report.model_copy(update={"commit": commit})
             self._journal(workspace, report)
             self._tell(AttemptOutcome(attempt, proposal.summary, report, []))
@@ -276,6 +282,7 @@ class CodeLoop:
             report = await self._test(workspace, attempt=attempt)
         lints = f"\n\n{UPSTREAM_LINTS}{', '.join(self.lint_warn)}" if self.lint_warn else ""
         commit = self.forker.commit(workspace, f"flakebot: acceptance cases of {spec.name}{lints}")
+        await self._committed(workspace)
         report = report.model_copy(update={"commit": commit})
         self._journal(workspace, report)
         self._tell(AttemptOutcome(attempt, "the fork as it is", report, []))

@@ -39,7 +39,13 @@ from flakebot.flake_template import nix_string, write_flake
 from flakebot.fork import Forker
 from flakebot.matching import output_matches
 from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system
-from flakebot.prebuild import Prebuild, PrebuildJob, prebuild_dir, stop_runner
+from flakebot.prebuild import (
+    Prebuild,
+    PrebuildJob,
+    manifests_digest,
+    prebuild_dir,
+    stop_runner,
+)
 from flakebot.runstate import RunRecord, all_runs
 from flakebot.sandbox import Toolchain
 from flakebot.service_host import ServiceJob
@@ -146,6 +152,7 @@ class Deployer:
         record.add("prebuild", directory, candidate_id=workspace.candidate_id)
         (directory / "status.json").unlink(missing_ok=True)
         flake = directory / "flake"
+        manifests = manifests_digest(Path(workspace.path))
         forker.export(workspace, flake)
         self.flake_into(flake, workspace, spec, bin_name=bin_name)
         me = os.getpid()
@@ -161,6 +168,7 @@ class Deployer:
             extra_args=self.flake_args(workspace.registry),
             watch_pid=me,
             watch_started=start_time(me) or 0,
+            manifests=manifests,
         )
         return Prebuild.start(job)
 

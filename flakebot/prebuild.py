@@ -28,6 +28,7 @@ recorded, so never deleted. Its state is in `status.json` beside the export.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import pygit2
 import structlog
 from pydantic import BaseModel, ConfigDict
 
@@ -78,6 +80,24 @@ class PrebuildJob(BaseModel):
     deadline_s: float = DEADLINE_S
     watch_pid: int  # the process that started it: when it is gone, so is the prebuild
     watch_started: int
+    manifests: str  # manifests_digest of the commit it builds
+
+
+def manifests_digest(fork: Path) -> str:
+    """A digest of every Cargo.toml and Cargo.lock in the fork's head commit: the dependencies'
+    derivation can only change when it does. Read from the fork's git objects, which only
+    Flakebot writes."""
+    repo = pygit2.Repository(str(fork))
+    found: list[str] = []
+    pending = [("", repo.head.peel(pygit2.Commit).tree)]
+    while pending:
+        prefix, tree = pending.pop()
+        for entry in tree:
+            if entry.type_str == "tree" and isinstance(subtree := repo[entry.id], pygit2.Tree):
+                pending.append((f"{prefix}{entry.name}/", subtree))
+            elif entry.name in ("Cargo.toml", "Cargo.lock"):
+                found.append(f"{prefix}{entry.name} {entry.id}")
+    return hashlib.sha256("\n".join(sorted(found)).encode()).hexdigest()
 
 
 class PrebuildStatus(BaseModel):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import pygit2
 import structlog
 
 from flakebot import manifest as manifests
-from flakebot.acceptance import choose_binary
+from flakebot.acceptance import choose_binary, needs_regex
 from flakebot.coder import CodeLoop, TestRunner
 from flakebot.crates.cargo_toml import read_crate
 from flakebot.crates.fetch import dependency_dir
@@ -29,7 +31,7 @@ from flakebot.models import Budget, Model, NoModel, Transcript, load_model
 from flakebot.models.budget import RunBudget
 from flakebot.models.journalled import JournalledModel
 from flakebot.planner import Planner
-from flakebot.prebuild import Prebuild
+from flakebot.prebuild import Prebuild, manifests_digest
 from flakebot.run_store import RunStore, Store, fork_here, receive
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
@@ -101,6 +103,15 @@ class ScoutRole:
         return await self.scout.scout(query)
 
 
+@dataclass
+class _Prebuilding:
+    """A candidate's prebuild as its coder follows it (see DeveloperRole)."""
+
+    spec: ToolSpec
+    forker: Forker
+    prebuild: Prebuild | None = None
+
+
 class DeveloperRole:
     """Forks one candidate and runs its edit-test loop; keeps the fork, and the loop (its model,
     registry index and memory), for revisions until the candidate ends.
@@ -113,8 +124,10 @@ class DeveloperRole:
     With `prebuild` (a coder at the run's home, where deploys run), the candidate the scout
     ranked first has its dependencies built by Nix as soon as it is forked, while the loop
     works (flakebot.prebuild): its deploy then compiles only the crate. Only that one, so that
-    the candidates of a batch do not all build at once. A candidate that ends without passing
-    stops its prebuild; a green one leaves it to its deploy."""
+    the candidates of a batch do not all build at once. A commit that changes the manifests
+    (an edit's new dependency) starts it again from that commit; a spec whose cases add a
+    dev-dependency (regex) has it start at the first commit, which has them. A candidate that
+    ends without passing stops its prebuild; a green one leaves it to its deploy."""
 
     def __init__(
         self,
@@ -136,6 +149,7 @@ class DeveloperRole:
         self.budget = budget or Budget()
         self.max_attempts = max_attempts
         self._loops: dict[str, CodeLoop] = {}
+        self._prebuilds: dict[str, _Prebuilding] = {}
 
     def _loop(self, workspace: Workspace) -> CodeLoop:
         known = self._loops.get(workspace.candidate_id)
@@ -161,6 +175,7 @@ class DeveloperRole:
                 self.settings.home / "runs" / workspace.run_id / "model-transcript.jsonl"
             ),
             max_attempts=self.max_attempts,
+            on_commit=self._follow_manifests,
         )
 
     async def develop(
@@ -193,7 +208,10 @@ class DeveloperRole:
                 candidate_id=candidate.candidate_id,
                 backtrack_to="scout",
             )
-        prebuild = self._prebuild(workspace, spec, forker)
+        if self.prebuild and candidate_rank(workspace.candidate_id) == 1:
+            following = self._prebuilds[candidate.candidate_id] = _Prebuilding(spec, forker)
+            if not needs_regex(spec):  # else its cases add a dev-dependency: after the baseline
+                self._start_prebuild(workspace, following)
         green = False
         try:
             result = await self._loop(workspace).run(workspace, spec)
@@ -207,23 +225,39 @@ class DeveloperRole:
                 backtrack_to="scout",
             )
         finally:
-            if prebuild is not None and not green:  # the deploy takes a green one's
-                await asyncio.to_thread(prebuild.stop)
+            ended = None if green else self._prebuilds.pop(candidate.candidate_id, None)
+            if ended is not None and ended.prebuild is not None:  # a green one's is the deploy's
+                await asyncio.to_thread(ended.prebuild.stop)
         if kept is not None and result.status == "green" and result.head_commit == kept_commit:
             result = result.model_copy(update={"reused_from": kept.run_id})
         return workspace, result
 
-    def _prebuild(self, workspace: Workspace, spec: ToolSpec, forker: Forker) -> Prebuild | None:
-        """Start building the dependencies of the scout's first candidate (see the class)."""
-        if not self.prebuild or candidate_rank(workspace.candidate_id) != 1:
-            return None
+    def _start_prebuild(self, workspace: Workspace, following: _Prebuilding) -> None:
+        """Start building the dependencies of the fork's head commit (see the class)."""
         try:
-            deployer = Deployer(self.settings, forker.sandbox.toolchain)
+            deployer = Deployer(self.settings, following.forker.sandbox.toolchain)
             bin_name = workspace.bin_names[0] if workspace.bin_names else workspace.crate_name
-            return deployer.prebuild(workspace, spec, forker, bin_name=bin_name)
+            following.prebuild = deployer.prebuild(
+                workspace, following.spec, following.forker, bin_name=bin_name
+            )
         except (FlakebotError, OSError) as exc:  # the deploy will build them itself
             log.warning("prebuild_not_started", error=str(exc)[:300])
-            return None
+
+    def _follow_manifests(self, workspace: Workspace) -> None:
+        """After each commit of the loop: (re)start the prebuild when the manifests changed."""
+        following = self._prebuilds.get(workspace.candidate_id)
+        if following is None:
+            return
+        if following.prebuild is not None:
+            try:
+                if manifests_digest(Path(workspace.path)) == following.prebuild.job.manifests:
+                    return
+            except pygit2.GitError as exc:
+                log.warning("prebuild_not_followed", error=str(exc)[:300])
+                return
+            log.info("prebuild_restarted", candidate=workspace.candidate_id)
+            following.prebuild.stop()
+        self._start_prebuild(workspace, following)
 
     def _reuse(self, forker: Forker, candidate: CrateCandidate, kept: VerifiedResult) -> Workspace:
         """The candidate's fork made from a verified result, its green report journalled for

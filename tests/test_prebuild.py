@@ -7,11 +7,14 @@
   (as Ray kills a coder) leaves no process, no chroot and nothing the janitor misses, and the
   deploy then builds the dependencies itself;
 - a deploy after a prebuild compiles only the crate, as its Nix log says;
+- the coder of the scout's first candidate starts its prebuild, and starts it again when a commit
+  changes the manifests; other candidates do not prebuild;
 - cleaning a run removes its dependencies' store path, unless another run's prebuild holds it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -24,17 +27,33 @@ from pathlib import Path
 
 import pytest
 
+from flakebot.coder import LocalTestRunner
 from flakebot.deployer import Deployer
 from flakebot.flake_template import render_flake
 from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.nix import EXPERIMENTAL, Nix, current_system, offline_options
-from flakebot.prebuild import Prebuild, PrebuildStatus, prebuild_dir
+from flakebot.prebuild import (
+    Prebuild,
+    PrebuildStatus,
+    manifests_digest,
+    prebuild_dir,
+)
 from flakebot.proc import run
+from flakebot.roles import DeveloperRole
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
-from messages import CleanupRequest, RegistryRef, ToolSpec, Workspace
+from flakebot.tester import Tester
+from messages import (
+    AcceptanceCase,
+    CandidateResult,
+    CleanupRequest,
+    OutputCheck,
+    RegistryRef,
+    ToolSpec,
+    Workspace,
+)
 from tests.conftest import candidate
 from tests.registry_helpers import copy_crates, make_crate
 
@@ -275,6 +294,49 @@ def test_a_deploy_after_a_prebuild_compiles_only_the_crate(story: Story) -> None
     assert done.ok and done.stdout.startswith("hexcat ") and done.stdout.endswith(" yes\n")
 
 
+def test_the_first_candidates_coder_prebuilds_and_follows_its_manifests(story: Story) -> None:
+    registry = Path(story.workspace.registry.location)
+    sandbox = Sandbox(Toolchain.find(), read_only=(registry,))
+    role = DeveloperRole(story.settings, None, LocalTestRunner(Tester(sandbox)), prebuild=True)
+    spec = story.spec.model_copy(
+        update={
+            "run_id": "p4",
+            "acceptance": [
+                AcceptanceCase(name="says", stdout=OutputCheck(match="contains", value="hexcat "))
+            ],
+        }
+    )
+    first, second = (
+        candidate("hexcat", "0.1.0", name, story.workspace.registry).model_copy(
+            update={"run_id": "p4"}
+        )
+        for name in ("c1-hexcat", "c2-hexcat")
+    )
+    workspace, result = asyncio.run(role.develop(first, spec))
+    assert workspace is not None and isinstance(result, CandidateResult)
+    assert result.status == "green"
+    started = role._prebuilds["c1-hexcat"].prebuild  # left running for the deploy
+    assert started is not None and started.wait(300) == "built"
+    assert started.job.manifests == manifests_digest(Path(workspace.path))  # the cases kept them
+
+    fork = Path(workspace.path)
+    (fork / "src" / "main.rs").write_text(HEXCAT_MAIN.replace("hexcat ", "hexcat: "))
+    story.forker.commit(workspace, "an edit of the sources")
+    role._follow_manifests(workspace)
+    assert role._prebuilds["c1-hexcat"].prebuild is started  # the same dependencies
+    with (fork / "Cargo.toml").open("a") as manifest:
+        manifest.write("\n[profile.release]\ndebug = false\n")
+    story.forker.commit(workspace, "an edit of the manifest")
+    role._follow_manifests(workspace)
+    again = role._prebuilds["c1-hexcat"].prebuild
+    assert again is not None and again is not started and again.wait(300) == "built"
+    assert again.job.manifests == manifests_digest(fork) != started.job.manifests
+
+    asyncio.run(role.develop(second, spec))  # not the scout's first: no prebuild
+    assert not prebuild_dir(story.settings.home, "p4", "c2-hexcat").exists()
+    Janitor(story.settings).clean(CleanupRequest(run_id="p4"))
+
+
 def test_clean_removes_the_deps_unless_another_run_holds_them(story: Story) -> None:
     assert story.built is not None and story.built.store_path is not None
     deps = Path(story.built.store_path)
@@ -301,11 +363,14 @@ def test_clean_removes_the_deps_unless_another_run_holds_them(story: Story) -> N
 STARTS_A_PREBUILD = """
 import sys, time
 from pathlib import Path
+from flakebot.coder import LocalTestRunner
 from flakebot.deployer import Deployer
 from flakebot.fork import Forker
+from flakebot.roles import DeveloperRole
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import Settings
+from flakebot.tester import Tester
 from messages import ToolSpec
 settings = Settings.from_env({"FLAKEBOT_HOME": sys.argv[1]})
 toolchain = Toolchain.find()
