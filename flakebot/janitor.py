@@ -146,7 +146,7 @@ class Janitor:
                 record.remove(item)
                 return None
             if item.kind == "prebuild" and item.pid is not None:
-                record.remove(item)  # its runner was stopped; its directory is another item
+                record.remove(item)  # its runner was stopped; its log goes with its directory
                 return None
             if not path.exists() and not path.is_symlink():
                 record.remove(item)

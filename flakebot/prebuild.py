@@ -154,6 +154,7 @@ class Prebuild:
                 stderr=errors,
                 start_new_session=True,
                 text=True,
+                env={k: v for k, v in os.environ.items() if not k.startswith("GROQ_")},  # no key
             )
         prebuild = cls(job, launcher)
         prebuild._told = threading.Thread(target=prebuild._hear, daemon=True)
@@ -313,8 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(NICENESS)
     directory = Path(job.directory)
     me = os.getpid()
-    runner.record.add(
-        "prebuild", directory, candidate_id=job.candidate_id, pid=me, started=start_time(me)
+    runner.record.add(  # the directory itself was recorded by whoever made it
+        "prebuild",
+        directory / "runner.log",
+        candidate_id=job.candidate_id,
+        pid=me,
+        started=start_time(me),
     )
     status = runner.run()
     if directory.is_dir():  # not yet cleaned away
