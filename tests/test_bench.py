@@ -88,7 +88,7 @@ def journal(tmp_path: Path) -> Path:
         (110.1, {"kind": "cleanup_request", "candidate_id": "c2-b"}),
         (111.0, {"kind": "cleanup_report", "candidate_id": "c2-b"}),
         (120.0, {"kind": "test_report", "candidate_id": "c1-a", "attempt": 0,
-                 "stages": [{"duration_s": 10.0}, {"duration_s": 5.0}]}),
+                 "stages": [{"duration_s": 10.0}, {"duration_s": 5.0}, {"duration_s": 3.0}]}),
         (122.0, {"kind": "edit_proposal", "candidate_id": "c1-a", "attempt": 1}),
         (125.0, {"kind": "test_report", "candidate_id": "c1-a", "attempt": 1,
                  "stages": [{"duration_s": 2.5}]}),

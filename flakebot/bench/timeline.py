@@ -4,7 +4,8 @@ Flakebot's own run record is the source: every journal row has the time it was w
 lane holds plan, scout, deploy and instruct; a candidate's lane holds fork (from its start to its
 first test), code (the model's answer and its edits: from a test report to the next proposal),
 test (the tester's stages: they end when the report is journalled, and last as long as the report
-says) and clean (a losing candidate cleaned). The bench adds the run's own clean at the end.
+says: the build, then the longer of test and clippy, which run side by side) and clean (a losing
+candidate cleaned). The bench adds the run's own clean at the end.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def spans(rows: list[tuple[float, dict[str, Any]]]) -> list[Span]:
             close(RUN_LANE, "plan", at)
             open_(RUN_LANE, "scout", at)
         elif kind == "test_report":
-            ran = sum(float(stage["duration_s"]) for stage in message["stages"])
+            ran = _tester_seconds(message["stages"])
             start = max(at - ran, last_report.get(lane, opened.get((lane, "fork"), at)))
             if lane not in tested:
                 close(lane, "fork", start)
@@ -108,6 +109,12 @@ def _event(message: dict[str, Any], at: float, open_: Any, close: Any) -> None:
             open_(RUN_LANE, "instruct", at)
     elif event == "manifest_written":
         close(RUN_LANE, "instruct", at)
+
+
+def _tester_seconds(stages: list[dict[str, Any]]) -> float:
+    """How long the tester ran: the build, then the test and clippy stages side by side."""
+    seconds = [float(stage["duration_s"]) for stage in stages]
+    return seconds[0] + max(seconds[1:], default=0.0) if seconds else 0.0
 
 
 def stage_seconds(found: list[Span]) -> dict[str, float]:
