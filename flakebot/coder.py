@@ -24,6 +24,7 @@ journal too (flakebot.models.journalled), so nothing is done or asked twice.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Protocol
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from flakebot import acceptance
+from flakebot import acceptance, fork_files
 from flakebot.coder_prompt import (
     AttemptRecord,
     coder_prompt,
@@ -69,6 +70,7 @@ from messages.coding import EndedBy
 log = structlog.get_logger()
 
 UPSTREAM_LINTS = "upstream lints: "
+LOCK_TIMEOUT_S = 300.0
 
 
 class EditDraft(BaseModel):
@@ -337,6 +339,34 @@ class CodeLoop:
             spec, crate.tool_bins, workspace.crate_name, all_bins=crate.bin_names
         )
         return crate, name
+
+    def prepare_export(self, root: Path, workspace: Workspace, spec: ToolSpec) -> None:
+        """Make `root`, an export of the fork's head commit, what the fork will be after its
+        first test: the acceptance cases installed, and Cargo.lock resolved again when they
+        changed Cargo.toml (by cargo in the sandbox, in a copy of which only the lock is
+        taken). A prebuild of the export then builds the dependencies its deploy will need."""
+        relative = Path(workspace.manifest_path).parent
+        package = root / relative
+        manifest = fork_files.read_text(package, "Cargo.toml")
+        _, bin_name = self._binary(package, spec, workspace)
+        self._install_acceptance(package, spec, bin_name)
+        if fork_files.read_text(package, "Cargo.toml") == manifest:
+            return
+        with tempfile.TemporaryDirectory(prefix="flakebot-lock-") as scratch:
+            tree = Path(scratch) / "tree"
+            shutil.copytree(root, tree, symlinks=True)
+            metadata = ["cargo", "metadata", "--format-version", "1", "--offline"]
+            done = self.forker.sandbox.run(
+                [*metadata, "--manifest-path", str(tree / relative / "Cargo.toml")],
+                workdir=tree,
+                target_dir=Path(scratch) / "target",
+                timeout=LOCK_TIMEOUT_S,
+            )
+            lock = fork_files.read_text(tree, "Cargo.lock")
+            if done.ok and lock is not None:
+                fork_files.write_text(root, "Cargo.lock", lock)
+            else:
+                log.warning("export_lock_not_resolved", error=done.stderr[-500:])
 
     def _install_acceptance(self, root: Path, spec: ToolSpec, bin_name: str) -> None:
         has_regex = bool(self.registry.versions("regex"))

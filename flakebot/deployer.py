@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -42,9 +43,9 @@ from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system
 from flakebot.prebuild import (
     Prebuild,
     PrebuildJob,
-    manifests_digest,
     prebuild_dir,
     stop_runner,
+    tree_manifests,
 )
 from flakebot.runstate import RunRecord, all_runs
 from flakebot.sandbox import Toolchain
@@ -140,10 +141,17 @@ class Deployer:
         )
 
     def prebuild(
-        self, workspace: Workspace, spec: ToolSpec, forker: Forker, *, bin_name: str
+        self,
+        workspace: Workspace,
+        spec: ToolSpec,
+        forker: Forker,
+        *,
+        bin_name: str,
+        prepare: Callable[[Path], None] | None = None,
     ) -> Prebuild:
         """Start building the dependencies of the fork's current commit in the background: its
-        export, with the flake its deploy will write (flakebot.prebuild)."""
+        export, with the flake its deploy will write (flakebot.prebuild). `prepare` changes the
+        export first, as the fork will be changed before its deploy (the acceptance cases)."""
         record = RunRecord(self.settings.home, workspace.run_id)
         for earlier in record.items("prebuild", workspace.candidate_id):
             if earlier.pid is not None:  # a coder restarted: its earlier prebuild goes first
@@ -152,8 +160,9 @@ class Deployer:
         record.add("prebuild", directory, candidate_id=workspace.candidate_id)
         (directory / "status.json").unlink(missing_ok=True)
         flake = directory / "flake"
-        manifests = manifests_digest(Path(workspace.path))
         forker.export(workspace, flake)
+        if prepare is not None:
+            prepare(flake)
         self.flake_into(flake, workspace, spec, bin_name=bin_name)
         me = os.getpid()
         job = PrebuildJob(
@@ -168,7 +177,7 @@ class Deployer:
             extra_args=self.flake_args(workspace.registry),
             watch_pid=me,
             watch_started=start_time(me) or 0,
-            manifests=manifests,
+            manifests=tree_manifests(flake),
         )
         return Prebuild.start(job)
 

@@ -80,10 +80,13 @@ class PrebuildJob(BaseModel):
     deadline_s: float = DEADLINE_S
     watch_pid: int  # the process that started it: when it is gone, so is the prebuild
     watch_started: int
-    manifests: str  # manifests_digest of the commit it builds
+    manifests: str  # tree_manifests of what it builds
 
 
-def manifests_digest(fork: Path) -> str:
+MANIFESTS = ("Cargo.toml", "Cargo.lock")
+
+
+def commit_manifests(fork: Path) -> str:
     """A digest of every Cargo.toml and Cargo.lock in the fork's head commit: the dependencies'
     derivation can only change when it does. Read from the fork's git objects, which only
     Flakebot writes."""
@@ -95,9 +98,27 @@ def manifests_digest(fork: Path) -> str:
         for entry in tree:
             if entry.type_str == "tree" and isinstance(subtree := repo[entry.id], pygit2.Tree):
                 pending.append((f"{prefix}{entry.name}/", subtree))
-            elif entry.name in ("Cargo.toml", "Cargo.lock"):
+            elif entry.name in MANIFESTS:
                 found.append(f"{prefix}{entry.name} {entry.id}")
-    return hashlib.sha256("\n".join(sorted(found)).encode()).hexdigest()
+    return _digest(found)
+
+
+def tree_manifests(directory: Path) -> str:
+    """The same digest for a directory Flakebot wrote (an export): equal to commit_manifests of
+    a commit whose manifests are these (regular files only; no link is followed)."""
+    found = []
+    for parent, directories, files in os.walk(directory):
+        directories.sort()
+        for name in files:
+            path = Path(parent) / name
+            if name in MANIFESTS and not path.is_symlink() and path.is_file():
+                blob = pygit2.hash(path.read_bytes())
+                found.append(f"{path.relative_to(directory).as_posix()} {blob}")
+    return _digest(found)
+
+
+def _digest(entries: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
 
 
 class PrebuildStatus(BaseModel):

@@ -16,7 +16,7 @@ import pygit2
 import structlog
 
 from flakebot import manifest as manifests
-from flakebot.acceptance import choose_binary, needs_regex
+from flakebot.acceptance import choose_binary
 from flakebot.coder import CodeLoop, TestRunner
 from flakebot.crates.cargo_toml import read_crate
 from flakebot.crates.fetch import dependency_dir
@@ -31,7 +31,7 @@ from flakebot.models import Budget, Model, NoModel, Transcript, load_model
 from flakebot.models.budget import RunBudget
 from flakebot.models.journalled import JournalledModel
 from flakebot.planner import Planner
-from flakebot.prebuild import Prebuild, manifests_digest
+from flakebot.prebuild import Prebuild, commit_manifests
 from flakebot.run_store import RunStore, Store, fork_here, receive
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
@@ -124,10 +124,11 @@ class DeveloperRole:
     With `prebuild` (a coder at the run's home, where deploys run), the candidate the scout
     ranked first has its dependencies built by Nix as soon as it is forked, while the loop
     works (flakebot.prebuild): its deploy then compiles only the crate. Only that one, so that
-    the candidates of a batch do not all build at once. A commit that changes the manifests
-    (an edit's new dependency) starts it again from that commit; a spec whose cases add a
-    dev-dependency (regex) has it start at the first commit, which has them. A candidate that
-    ends without passing stops its prebuild; a green one leaves it to its deploy."""
+    the candidates of a batch do not all build at once. It builds the fork as its first test
+    will leave it (CodeLoop.prepare_export: the acceptance cases, and the lock cargo resolves
+    for what they add), and a later commit that changes the manifests (an edit's new
+    dependency) starts it again from that commit. A candidate that ends without passing stops
+    its prebuild; a green one leaves it to its deploy."""
 
     def __init__(
         self,
@@ -210,8 +211,7 @@ class DeveloperRole:
             )
         if self.prebuild and candidate_rank(workspace.candidate_id) == 1:
             following = self._prebuilds[candidate.candidate_id] = _Prebuilding(spec, forker)
-            if not needs_regex(spec):  # else its cases add a dev-dependency: after the baseline
-                self._start_prebuild(workspace, following)
+            await asyncio.to_thread(self._start_prebuild, workspace, following)
         green = False
         try:
             result = await self._loop(workspace).run(workspace, spec)
@@ -237,8 +237,13 @@ class DeveloperRole:
         try:
             deployer = Deployer(self.settings, following.forker.sandbox.toolchain)
             bin_name = workspace.bin_names[0] if workspace.bin_names else workspace.crate_name
+            loop = self._loop(workspace)
             following.prebuild = deployer.prebuild(
-                workspace, following.spec, following.forker, bin_name=bin_name
+                workspace,
+                following.spec,
+                following.forker,
+                bin_name=bin_name,
+                prepare=lambda root: loop.prepare_export(root, workspace, following.spec),
             )
         except (FlakebotError, OSError) as exc:  # the deploy will build them itself
             log.warning("prebuild_not_started", error=str(exc)[:300])
@@ -250,7 +255,7 @@ class DeveloperRole:
             return
         if following.prebuild is not None:
             try:
-                if manifests_digest(Path(workspace.path)) == following.prebuild.job.manifests:
+                if commit_manifests(Path(workspace.path)) == following.prebuild.job.manifests:
                     return
             except pygit2.GitError as exc:
                 log.warning("prebuild_not_followed", error=str(exc)[:300])

@@ -7,8 +7,9 @@
   (as Ray kills a coder) leaves no process, no chroot and nothing the janitor misses, and the
   deploy then builds the dependencies itself;
 - a deploy after a prebuild compiles only the crate, as its Nix log says;
-- the coder of the scout's first candidate starts its prebuild, and starts it again when a commit
-  changes the manifests; other candidates do not prebuild;
+- the coder of the scout's first candidate starts its prebuild from the manifests its first test
+  will leave (a regex check's dev-dependency, locked), and starts it again when a commit changes
+  them; other candidates do not prebuild;
 - cleaning a run removes its dependencies' store path, unless another run's prebuild holds it.
 """
 
@@ -33,12 +34,7 @@ from flakebot.flake_template import render_flake
 from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.nix import EXPERIMENTAL, Nix, current_system, offline_options
-from flakebot.prebuild import (
-    Prebuild,
-    PrebuildStatus,
-    manifests_digest,
-    prebuild_dir,
-)
+from flakebot.prebuild import Prebuild, PrebuildStatus, commit_manifests, prebuild_dir
 from flakebot.proc import run
 from flakebot.roles import DeveloperRole
 from flakebot.runstate import RunRecord
@@ -165,6 +161,7 @@ SLOW = """fn main() {
 }
 """
 SLOW_SCRIPT = "slowdep-[0-9a-f]+/build-script-build"
+REGEX_CRATES = ("regex-1.7.1", "regex-syntax-0.6.27", "aho-corasick-0.7.19", "memchr-2.5.0")
 HEXCAT_MAIN = """fn main() {
     let pid = unsafe { libc::getpid() };
     println!("hexcat {:x} {}", pid, env!("HEXCAT_BUILT"));
@@ -296,15 +293,12 @@ def test_a_deploy_after_a_prebuild_compiles_only_the_crate(story: Story) -> None
 
 def test_the_first_candidates_coder_prebuilds_and_follows_its_manifests(story: Story) -> None:
     registry = Path(story.workspace.registry.location)
+    copy_crates(registry, *REGEX_CRATES)  # the regex check adds it as a dev-dependency
     sandbox = Sandbox(Toolchain.find(), read_only=(registry,))
     role = DeveloperRole(story.settings, None, LocalTestRunner(Tester(sandbox)), prebuild=True)
+    says = OutputCheck(match="regex", value="^hexcat [0-9a-f]+ yes")
     spec = story.spec.model_copy(
-        update={
-            "run_id": "p4",
-            "acceptance": [
-                AcceptanceCase(name="says", stdout=OutputCheck(match="contains", value="hexcat "))
-            ],
-        }
+        update={"run_id": "p4", "acceptance": [AcceptanceCase(name="says", stdout=says)]}
     )
     first, second = (
         candidate("hexcat", "0.1.0", name, story.workspace.registry).model_copy(
@@ -317,9 +311,10 @@ def test_the_first_candidates_coder_prebuilds_and_follows_its_manifests(story: S
     assert result.status == "green"
     started = role._prebuilds["c1-hexcat"].prebuild  # left running for the deploy
     assert started is not None and started.wait(300) == "built"
-    assert started.job.manifests == manifests_digest(Path(workspace.path))  # the cases kept them
-
+    assert "regex" in (Path(started.job.directory) / "flake" / "Cargo.lock").read_text()
     fork = Path(workspace.path)
+    assert started.job.manifests == commit_manifests(fork)  # as the first test left them
+
     (fork / "src" / "main.rs").write_text(HEXCAT_MAIN.replace("hexcat ", "hexcat: "))
     story.forker.commit(workspace, "an edit of the sources")
     role._follow_manifests(workspace)
@@ -330,7 +325,7 @@ def test_the_first_candidates_coder_prebuilds_and_follows_its_manifests(story: S
     role._follow_manifests(workspace)
     again = role._prebuilds["c1-hexcat"].prebuild
     assert again is not None and again is not started and again.wait(300) == "built"
-    assert again.job.manifests == manifests_digest(fork) != started.job.manifests
+    assert again.job.manifests == commit_manifests(fork) != started.job.manifests
 
     asyncio.run(role.develop(second, spec))  # not the scout's first: no prebuild
     assert not prebuild_dir(story.settings.home, "p4", "c2-hexcat").exists()
