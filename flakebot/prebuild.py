@@ -3,7 +3,8 @@
 Most of a deploy's `nix build` is compiling the crate's dependencies in release mode, and they
 depend only on its manifests, not on the model's edits. The offline stand-in builds them in a
 derivation of their own, `flakebotDeps` on the package (flakebot/data/nix/nixpkgs-offline).
-`Deployer.prebuild` exports the fork's current commit and renders its flake as a deploy does, and
+`Deployer.prebuild` exports the fork's current commit (prepared by its caller as the coder's first
+test will leave the fork: CodeLoop.prepare_export) and renders its flake as a deploy does, and
 `Prebuild.start` builds that attribute in the background, wrapped as the deploy's `nix build` is.
 The deploy then finds it built (the same derivation, so the same output) and compiles only the
 crate; a deploy that comes while the prebuild still runs waits for Nix's lock on the output and
