@@ -301,14 +301,22 @@ def test_a_candidate_whose_actor_is_killed_fails_and_the_run_goes_on(
     killed: list[str] = []
 
     def kill_the_coder() -> None:
+        # The run's one coder is the warm pair started while it planned (named
+        # flakebot/<run>/warm/coder/N); the first candidate, c1-sleepyhex, takes it. It is
+        # killed mid-build: while sleepyhex's build script sleeps.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed:
-            for actor in ray.util.list_named_actors(all_namespaces=True):
-                if "c1-sleepyhex/coder" in actor["name"]:
-                    time.sleep(3)  # mid-build: the build script sleeps
-                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-                    killed.append(actor["name"])
-                    return
+            building = run(["pgrep", "-f", "sleepyhex-[0-9a-f]+/build-script-build"], timeout=10)
+            coders = [
+                actor
+                for actor in ray.util.list_named_actors(all_namespaces=True)
+                if "/warm/coder/" in actor["name"]
+            ]
+            if building.returncode == 0 and coders:
+                (actor,) = coders
+                ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+                killed.append(actor["name"])
+                return
             time.sleep(0.2)
 
     killer = threading.Thread(target=kill_the_coder, daemon=True)
