@@ -40,7 +40,6 @@ from flakebot.fork_sources import commit_all
 from flakebot.runstate import ForkRecord, RunRecord
 from flakebot.sandbox import Sandbox
 from flakebot.settings import DEBIAN_REGISTRY, Settings
-from flakebot.tester import lint_target_dir
 from messages import ChangedFile, CrateCandidate, PrunedItem, RegistryRef, ScoreParts, Workspace
 
 log = structlog.get_logger()
@@ -390,6 +389,5 @@ def _pruned_from_history(repo: pygit2.Repository) -> list[PrunedItem]:
 
 
 def hold_target(record: RunRecord, target: Path, candidate_id: str) -> None:
-    """The run holds the fork's shared target dir and clippy's beside it (flakebot.tester)."""
+    """The run holds the fork's shared target dir (its candidates' builds, tests and lints)."""
     record.add("target_dir", target, candidate_id=candidate_id)
-    record.add("target_dir", lint_target_dir(target), candidate_id=candidate_id)

@@ -30,6 +30,7 @@ from pathlib import Path
 import structlog
 
 from flakebot.errors import ConfigError, ToolMissing
+from flakebot.priority import launcher
 from flakebot.proc import Completed, run
 
 log = structlog.get_logger()
@@ -55,7 +56,7 @@ GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 @dataclass(frozen=True)
 class Toolchain:
-    """A Rust toolchain: the directory holding bin/cargo, bin/rustc (and maybe cargo-clippy)."""
+    """A Rust toolchain: the directory holding bin/cargo, bin/rustc (and maybe clippy)."""
 
     root: Path
 
@@ -81,7 +82,7 @@ class Toolchain:
 
     @property
     def has_clippy(self) -> bool:
-        return (self.bin_dir / "cargo-clippy").exists()
+        return all((self.bin_dir / name).exists() for name in ("cargo-clippy", "clippy-driver"))
 
     def version(self) -> str:
         done = run([self.bin_dir / "rustc", "--version"], timeout=60).check()
@@ -231,7 +232,7 @@ class Sandbox:
     ) -> Completed:
         """Run `command` in `workdir` with only `workdir`, `target_dir` and `writable` writable;
         `network` for the fetch stage only (no build runs there), `env` added to the sandbox's;
-        `nice` lowers the scheduling priority of the whole process tree."""
+        `nice` lowers the scheduling priority of the whole process tree (flakebot.priority)."""
         for path in (workdir, target_dir, *writable):
             if not path.is_absolute():
                 raise ConfigError(f"sandbox paths must be absolute: {path}")
@@ -241,10 +242,9 @@ class Sandbox:
         if network:
             env["CARGO_NET_OFFLINE"] = "false"
         limit = ["prlimit", f"--as={self.memory_bytes}", "--"]
-        if nice:
-            limit = ["nice", "-n", str(nice), *limit]
+        lowered = launcher(nice) if nice else []  # in the command's own session: see priority
         if not self.enabled:
-            argv = [*limit, *map(str, command)]
+            argv = [*limit, *lowered, *map(str, command)]
             return run(argv, timeout=timeout, cwd=workdir, env=env, stdin=stdin)
         with etc_files() as data_fds:
             argv = [
@@ -258,6 +258,7 @@ class Sandbox:
                     data_fds=data_fds,
                     network=network,
                 ),
+                *lowered,
                 *map(str, command),
             ]
             return run(

@@ -1,11 +1,15 @@
 """The tester: cargo build, cargo test and cargo clippy in the sandbox, read into a TestReport.
 
-The build runs first; when it fails, test and clippy are skipped (their output would only repeat
-the build's errors). Then test and clippy run side by side: clippy checks the crate in a target
-dir of its own (`<target>.clippy`, beside the shared one: two cargo commands in one target dir
-wait for each other's lock), so its lints are ready while the tests still compile and run.
-Clippy is skipped when the toolchain has no clippy. Every stage has a time limit; one that runs
-over is `timed_out` and its whole process tree is killed.
+Clippy lints during the build: `cargo build` runs with clippy's driver as the workspace's rustc
+wrapper (what `cargo clippy` itself does, over `cargo check`), so the fork's own crates are
+compiled and linted in one pass and the dependencies are compiled once, by plain rustc. A separate
+`cargo clippy` would check every dependency again. The build's `clippy::` diagnostics make the
+clippy stage; when clippy errors alone stopped the build (a deny-by-default lint), the crate is
+built again without the wrapper (only the crate itself recompiles), so the tests still run and
+the report reads as `cargo build`, `cargo test`, `cargo clippy` would. When the build fails, test
+is skipped (its output would only repeat the build's errors). Clippy is skipped when the toolchain
+has no clippy. Every stage has a time limit; one that runs over is `timed_out` and its whole
+process tree is killed.
 
 All attempts and candidates of one crate version share one target dir, so a fix rebuilds
 incrementally. Cargo names a path package's artifacts without its directory and trusts mtimes, so
@@ -19,10 +23,10 @@ so anything Flakebot kept there could be a planted symlink by the next time it i
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -35,7 +39,7 @@ from flakebot.home import write_private
 from flakebot.proc import Completed, tail
 from flakebot.sandbox import Sandbox
 from flakebot.scout import candidate_rank
-from messages import StageResult, TestReport
+from messages import Diagnostic, StageResult, TestReport
 from messages.coding import Stage, StageStatus
 
 log = structlog.get_logger()
@@ -44,16 +48,21 @@ log = structlog.get_logger()
 COMMANDS: dict[Stage, list[str]] = {
     "build": ["cargo", "build", "--message-format=json"],
     "test": ["cargo", "test", "--no-fail-fast", "--message-format=json"],
-    "clippy": ["cargo", "clippy", "--message-format=json"],
 }
+CLIPPY_ARGS_SEPARATOR = "__CLIPPY_HACKERY__"  # how cargo-clippy hands its arguments to the driver
+LINTED_DURING_BUILD = "linted by clippy-driver during the build (the workspace's rustc wrapper)"
 
 
-LATER_CANDIDATE_NICE = 10
+LATER_CANDIDATE_NICE = 19
 
 
-def lint_target_dir(target_dir: Path) -> Path:
-    """Where clippy checks a fork: beside its shared target dir, so both can run at once."""
-    return target_dir.with_name(f"{target_dir.name}.clippy")
+def clippy_environment(sandbox: Sandbox, lint_warn: Sequence[str]) -> dict[str, str]:
+    """What `cargo clippy -- -W <lint>...` sets for cargo, here for `cargo build`."""
+    args = [arg for lint in lint_warn for arg in ("-W", lint)]
+    return {
+        "RUSTC_WORKSPACE_WRAPPER": str(sandbox.toolchain.bin_dir / "clippy-driver"),
+        "CLIPPY_ARGS": "".join(f"{arg}{CLIPPY_ARGS_SEPARATOR}" for arg in args),
+    }
 
 
 def niceness(candidate_id: str) -> int:
@@ -69,7 +78,6 @@ class StageLimits:
 
     build: float = 1_800.0
     test: float = 1_800.0
-    clippy: float = 900.0
 
 
 class Tester:
@@ -128,41 +136,45 @@ class Tester:
         nice: int = 0,
     ) -> list[StageResult]:
         wanted = set(stages)
-        results = [self._stage("build", COMMANDS["build"], workdir, target_dir, nice)]
-        built = results[0].status == "passed"
-        later: dict[Stage, StageResult | None] = {}
-        runs: list[tuple[Stage, list[str], Path]] = []
-        for stage in ("test", "clippy"):
-            if stage not in wanted:
-                continue
-            if not built:
-                later[stage] = _skipped(stage, "the build failed")
-            elif stage == "clippy" and not self.sandbox.toolchain.has_clippy:
-                later[stage] = _skipped(stage, "clippy is not installed in this toolchain")
+        run = functools.partial(self._stage, workdir=workdir, target_dir=target_dir, nice=nice)
+        clippy: StageResult | None = None
+        if "clippy" not in wanted:
+            build = run("build", COMMANDS["build"])
+        elif not self.sandbox.toolchain.has_clippy:
+            build = run("build", COMMANDS["build"])
+            clippy = _skipped("clippy", "clippy is not installed in this toolchain")
+        else:
+            linted = run(
+                "build", COMMANDS["build"], env=clippy_environment(self.sandbox, lint_warn)
+            )
+            build, clippy = _split_lints(linted)
+            if build.status == "failed" and clippy.status == "failed" and not _errors(build):
+                again = run("build", COMMANDS["build"])  # only lints stopped it: build plainly
+                build = again.model_copy(
+                    update={"duration_s": round(linted.duration_s + again.duration_s, 3)}
+                )
+        results = [build]
+        if "test" in wanted:
+            if build.status == "passed":
+                results.append(run("test", COMMANDS["test"]))
             else:
-                command = list(COMMANDS[stage])
-                if stage == "clippy" and lint_warn:
-                    command += ["--", *(arg for lint in lint_warn for arg in ("-W", lint))]
-                target = lint_target_dir(target_dir) if stage == "clippy" else target_dir
-                later[stage] = None
-                runs.append((stage, command, target))
-        if runs:
-            with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-                running = [
-                    (stage, pool.submit(self._stage, stage, command, workdir, target, nice))
-                    for stage, command, target in runs
-                ]
-                for stage, future in running:
-                    later[stage] = future.result()
-        return results + [result for result in later.values() if result is not None]
+                results.append(_skipped("test", "the build failed"))
+        return results + ([clippy] if clippy is not None else [])
 
     def _stage(
-        self, stage: Stage, command: list[str], workdir: Path, target_dir: Path, nice: int = 0
+        self,
+        stage: Stage,
+        command: list[str],
+        *,
+        workdir: Path,
+        target_dir: Path,
+        nice: int = 0,
+        env: dict[str, str] | None = None,
     ) -> StageResult:
         limit = getattr(self.limits, stage)
         try:
             done = self.sandbox.run(
-                command, workdir=workdir, target_dir=target_dir, timeout=limit, nice=nice
+                command, workdir=workdir, target_dir=target_dir, timeout=limit, nice=nice, env=env
             )
         except CommandTimedOut as exc:
             return StageResult(
@@ -174,12 +186,34 @@ class Tester:
         return _result(stage, done)
 
 
+def _errors(result: StageResult) -> list[Diagnostic]:
+    return [found for found in result.diagnostics if found.level == "error"]
+
+
+def _split_lints(linted: StageResult) -> tuple[StageResult, StageResult]:
+    """A build run under clippy's driver, as the build's result and clippy's."""
+    lints = [d for d in linted.diagnostics if (d.code or "").startswith("clippy::")]
+    rest = [d for d in linted.diagnostics if not (d.code or "").startswith("clippy::")]
+    build = linted.model_copy(update={"diagnostics": rest})
+    clippy = StageResult(
+        stage="clippy",
+        status="failed" if any(d.level == "error" for d in lints) else "passed",
+        duration_s=0.0,  # inside the build's time
+        exit_code=linted.exit_code,
+        diagnostics=lints,
+        log_tail=LINTED_DURING_BUILD,
+    )
+    if linted.status == "timed_out":
+        clippy = _skipped("clippy", "the build timed out")
+    elif linted.status != "passed" and not lints:
+        clippy = _skipped("clippy", "the build failed")
+    return build, clippy
+
+
 def _result(stage: Stage, done: Completed) -> StageResult:
     found = parse_diagnostics(done.stdout)
     tests = parse_test_results(done.stdout, done.stderr) if stage == "test" else []
     status: StageStatus = "passed" if done.ok else "failed"
-    if stage == "clippy" and done.ok:
-        status = "passed"  # warnings are reported as diagnostics; only errors fail clippy
     if done.ok and any(test.status == "failed" for test in tests):
         status = "failed"
     if not done.ok and not found and not tests and "error" not in done.stderr:

@@ -346,8 +346,7 @@ def test_target_dirs_of_a_package_that_is_not_a_fork_are_cleaned(
     tested = cli("test", str(package), "--json")
     assert tested.code == 0, tested.stderr
     targets = sorted(p for p in (home / "targets").iterdir() if p.name.startswith("mine-"))
-    assert len(targets) == 2 and targets[1].name == f"{targets[0].name}.clippy"  # clippy's own
-    assert (targets[1] / "debug").is_dir()  # clippy checked there, beside the tests' target dir
+    assert len(targets) == 1 and (targets[0] / "debug").is_dir()  # built, tested and linted there
     cleaned = cli("clean", "--all", "--json")
     assert cleaned.code == 0, cleaned.stderr
     assert [path for path in targets if path.exists()] == []
@@ -369,3 +368,46 @@ def test_a_malformed_cargo_config_in_a_fork_is_a_red_report_not_a_traceback(
         "deploy", str(root), "--json"
     )  # the registry is the run record's, not the file's
     assert "Traceback" not in deployed.stderr
+
+
+def test_clippy_lints_during_the_build_and_a_deny_lint_alone_still_lets_the_tests_run(
+    tmp_path: Path, shared_settings: Settings, sandbox: Sandbox
+) -> None:
+    registry = tmp_path / "registry"
+    make_crate(registry, "helper", "0.1.0", files={"src/lib.rs": "pub fn two() -> u32 { 2 }\n"})
+    linty = (
+        "fn main() {\n"
+        "    let scale = 3.14159; // clippy::approx_constant: an error by default\n"
+        '    println!("{} {}", helper::two(), scale);\n'
+        "}\n"
+        "#[test]\nfn runs() { assert_eq!(helper::two(), 2); }\n"
+    )
+    make_crate(
+        registry,
+        "linty",
+        "0.1.0",
+        extra_toml='[dependencies]\nhelper = "0.1.0"\n',
+        files={"src/main.rs": linty},
+    )
+    local = RegistryRef(source="local", location=str(registry))
+    seeing = Sandbox(sandbox.toolchain, read_only=(registry,))
+    workspace = Forker(shared_settings, seeing).fork(candidate("linty", "0.1.0", "c1-linty", local))
+    tester = Tester(seeing)
+    report = tester.test(
+        Path(workspace.path), Path(workspace.target_dir), run_id="t", candidate_id="c1", attempt=0
+    )
+    build, test, clippy = report.stages
+    assert build.status == "passed" and not build.diagnostics  # built again without the driver
+    assert test.status == "passed" and [t.name for t in test.tests] == ["bin::runs"]
+    assert clippy.status == "failed" and not report.green
+    assert [(d.level, d.code) for d in clippy.diagnostics] == [("error", "clippy::approx_constant")]
+    assert "Checking" not in build.log_tail  # the dependency is compiled once, never checked
+    warned = tester.test(
+        Path(workspace.path),
+        Path(workspace.target_dir),
+        run_id="t",
+        candidate_id="c1",
+        attempt=1,
+        lint_warn=["clippy::approx_constant"],
+    )
+    assert warned.green and [d.level for d in warned.stages[2].diagnostics] == ["warning"]

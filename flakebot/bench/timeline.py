@@ -4,8 +4,8 @@ Flakebot's own run record is the source: every journal row has the time it was w
 lane holds plan, scout, deploy and instruct; a candidate's lane holds fork (from its start to its
 first test), code (the model's answer and its edits: from a test report to the next proposal),
 test (the tester's stages: they end when the report is journalled, and last as long as the report
-says: the build, then the longer of test and clippy, which run side by side) and clean (a losing
-candidate cleaned). The bench adds the run's own clean at the end.
+says: the build, then the test; clippy lints during the build and takes no time of its own) and
+clean (a losing candidate cleaned). The bench adds the run's own clean at the end.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def _event(message: dict[str, Any], at: float, open_: Any, close: Any) -> None:
 
 
 def _tester_seconds(stages: list[dict[str, Any]]) -> float:
-    """How long the tester ran: the build, then the test and clippy stages side by side."""
+    """How long the tester ran: the build, then the longer of the later stages (test; clippy
+    lints during the build, and so reports no time of its own)."""
     seconds = [float(stage["duration_s"]) for stage in stages]
     return seconds[0] + max(seconds[1:], default=0.0) if seconds else 0.0
 
