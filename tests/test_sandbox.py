@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flakebot.errors import CommandTimedOut, ConfigError
+from flakebot.priority import launcher, session_nice
 from flakebot.sandbox import Sandbox, Toolchain
 
 
@@ -152,9 +153,23 @@ def test_a_later_candidate_builds_at_a_lower_priority(sandbox: Sandbox, tmp_path
     assert niceness("c1-hexyl") == 0 and niceness("reused") == 0
     assert niceness("c2-bincode") == niceness("c12-x") == LATER_CANDIDATE_NICE
     base = os.nice(0)
+    groups = Path("/proc/self/autogroup").exists()  # sessions share the CPU by their own nice
     for nice in (0, LATER_CANDIDATE_NICE):
         done = sandbox.run(
-            ["sh", "-c", "nice; sh -c nice"],  # the command and what it starts
+            ["sh", "-c", "nice; sh -c nice; cat /proc/self/autogroup 2>/dev/null || true"],
             workdir=tmp_path, target_dir=tmp_path / "target", timeout=30, nice=nice,
         )  # fmt: skip
-        assert done.stdout.split() == [str(base + nice)] * 2
+        assert done.stdout.split()[:2] == [str(min(base + nice, 19))] * 2, done.stderr
+        if groups:  # the sandbox's session (bwrap --new-session) is lowered too
+            assert done.stdout.split()[-2:] == ["nice", str(nice)]
+
+
+def test_the_launcher_lowers_a_command_and_its_session_outside_the_sandbox() -> None:
+    done = subprocess.run(
+        [*launcher(7), "sh", "-c", "nice; cat /proc/self/autogroup 2>/dev/null || true"],
+        capture_output=True, text=True, start_new_session=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout.split()[0] == str(min(os.nice(0) + 7, 19))
+    if Path("/proc/self/autogroup").exists():
+        assert done.stdout.split()[-2:] == ["nice", "7"]
+        assert session_nice() != 7  # the caller's session is not touched
