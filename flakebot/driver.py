@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 import structlog
@@ -79,6 +80,21 @@ def new_run_id() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+def _keep_stdout_ours() -> None:
+    """Ray's driver prints the cluster's error messages (a killed candidate's task "will be
+    retried", a worker's death) to stdout, where the manifest and `--json` go, even with
+    log_to_driver off. They go to the log (stderr) instead: the run reports its own failures."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    if worker is None or not hasattr(worker, "print_to_stdstream"):
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        for line in data.get("lines") or []:
+            log.debug("ray_message", source=str(data.get("pid")), message=str(line)[:2_000])
+
+    worker.print_to_stdstream = to_log
+
+
 @dataclass
 class Flakebot:
     """Builds tools: `Flakebot(model="scripted:FILE").build("examples/hexview.yaml")`."""
@@ -100,6 +116,7 @@ class Flakebot:
         a local one. A joined cluster's nodes keep their own environment (their FLAKEBOT_HOME,
         HOME and PATH); only Flakebot's options travel. No secret travels this way: the job's
         runtime environment is stored in the cluster's job table (see flakebot.secrets)."""
+        _keep_stdout_ours()
         if ray.is_initialized():
             return
         address = self.address or os.environ.get("RAY_ADDRESS") or None
@@ -113,10 +130,9 @@ class Flakebot:
             env["FLAKEBOT_HOME"] = str(self.settings.home)
             env["GROQ_API_KEY"] = env["GROQ_API_KEY_FILE"] = ""  # handed over: actors.secrets
         self._joined = bool(address) and up is None  # a cluster whose nodes have other homes
-        runtime_env = {
-            "env_vars": env,
-            "worker_process_setup_hook": "flakebot.logs.setup_worker_logging",
-        }
+        # Only what this run changes: with no runtime environment, a kept cluster's idle
+        # workers are used (a worker for another environment is a new process: ~0.5 s an actor).
+        runtime_env = {"env_vars": env} if env else None
         if address:
             ray.init(
                 address=address,

@@ -101,7 +101,8 @@ def clear_context() -> None:
 
 
 def setup_worker_logging() -> None:
-    """Ray's worker_process_setup_hook: JSON logs on stderr at FLAKEBOT_LOG_LEVEL, private files."""
+    """A Ray worker's logging (actors/__init__.py): JSON on stderr at FLAKEBOT_LOG_LEVEL, private
+    files."""
     import os
 
     private_umask()

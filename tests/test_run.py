@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import structlog.testing
 
 from flakebot.driver import Flakebot
 from flakebot.errors import RunFailed
@@ -71,6 +72,20 @@ def ray_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def journal(settings: Settings, run_id: str) -> list[object]:
     lines = (settings.home / "runs" / run_id / "journal.jsonl").read_text().splitlines()
     return [parse_message(json.dumps(json.loads(line)["message"])) for line in lines]
+
+
+def test_ray_messages_to_the_driver_stay_off_stdout(
+    ray_home: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What Ray's driver prints when a candidate's actor is killed mid-task: stdout carries the
+    # manifest (and `--json`), so it must not.
+    Flakebot(settings=ray_home)._connect()
+    message = "Task CoderActor.develop failed. There are 2 retries remaining"
+    worker = ray._private.worker  # type: ignore[attr-defined]
+    with structlog.testing.capture_logs() as logged:
+        worker.print_to_stdstream({"lines": [message], "pid": "raylet", "is_err": False}, False)
+    assert message not in capsys.readouterr().out
+    assert [(e["event"], e["message"]) for e in logged] == [("ray_message", message)]
 
 
 def test_end_to_end_on_hexyl(ray_home: Settings) -> None:
