@@ -121,6 +121,7 @@ class RayRoles:
     scout_actor: Handle | None = None
     budget: Handle | None = None
     store: Handle | None = None
+    home_actors: dict[Any, Handle] = field(default_factory=dict)  # deployer, janitor at home
     home_node: str = ""
     candidates: dict[str, _Candidate] = field(default_factory=dict)
     reschedules: int = RESCHEDULES
@@ -182,6 +183,10 @@ class RayRoles:
             self.scout_actor = None
             raise
         self._trim_warm(len(found))
+        if found:  # the deploy will need it: its start overlaps the candidates' builds
+            self._at_home(DeployerActor)
+        if len(found) > 1:  # and the losers' cleaning
+            self._at_home(JanitorActor)
         return found
 
     def warm(self, request: ToolRequest | ToolSpec, candidates: int) -> None:
@@ -299,13 +304,30 @@ class RayRoles:
         return revised
 
     async def _once(self, actor_class: Any, node_id: str | None, call: str, *args: Any) -> Any:
-        """Call `call` on a fresh actor on `node_id` (the home when None), and end the actor."""
-        node = on_node(node_id or self.home_node)
-        actor = actor_class.options(scheduling_strategy=node).remote()
+        """Call `call` on an actor of `actor_class` on `node_id`: at the home (None or the home
+        node) the run's own, kept for its later calls (each start is a process, about a
+        second); elsewhere a fresh one, ended after the call."""
+        role = call.rstrip("e") + "er"
+        if node_id in (None, self.home_node):
+            actor = self._at_home(actor_class)
+            try:
+                return await answer(getattr(actor, call).remote(*args), role)
+            except RoleLost:
+                self.home_actors.pop(actor_class, None)  # a new one next time
+                raise
+        actor = actor_class.options(scheduling_strategy=on_node(node_id)).remote()
         try:
-            return await answer(getattr(actor, call).remote(*args), call.rstrip("e") + "er")
+            return await answer(getattr(actor, call).remote(*args), role)
         finally:
             ray.kill(actor, no_restart=True)
+
+    def _at_home(self, actor_class: Any) -> Handle:
+        """The run's actor of `actor_class` at its home, started on first use."""
+        if actor_class not in self.home_actors:
+            self.home_actors[actor_class] = actor_class.options(
+                scheduling_strategy=on_node(self.home_node)
+            ).remote()
+        return self.home_actors[actor_class]
 
     async def deploy(self, workspace: Workspace, spec: ToolSpec) -> Deployment | StepFailed:
         """Deploy at the run's home; a fork made on another node is received there first."""
@@ -378,3 +400,6 @@ class RayRoles:
         for actor in (self.planner, self.scout_actor, self.budget, self.store):
             if actor is not None:
                 ray.kill(actor, no_restart=True)
+        for actor in self.home_actors.values():
+            ray.kill(actor, no_restart=True)
+        self.home_actors.clear()
