@@ -81,7 +81,7 @@ def test_ray_messages_to_the_driver_stay_off_stdout(
     # manifest (and `--json`), so it must not.
     Flakebot(settings=ray_home)._connect()
     message = "Task CoderActor.develop failed. There are 2 retries remaining"
-    worker = ray._private.worker  # type: ignore[attr-defined]
+    worker = ray._private.worker
     with structlog.testing.capture_logs() as logged:
         worker.print_to_stdstream({"lines": [message], "pid": "raylet", "is_err": False}, False)
     assert message not in capsys.readouterr().out
