@@ -14,7 +14,7 @@ run the floor is measured alone (flakebot.bench.floor: the winner's `cargo build
 a fresh target dir, in the sandbox, and its flake's `nix build --rebuild`), then the run is
 cleaned. Settings alternate within a repeat, so noise hits them alike.
 
-    .venv/bin/python -m bench.bench_speed [--repeats 3]
+    .venv/bin/python -m bench.bench_speed [--repeats 3] [--summarize]
 """
 
 from __future__ import annotations
@@ -113,32 +113,49 @@ def _median(values: list[float | None]) -> float:
     return statistics.median(value for value in values if value is not None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
-    options = parser.parse_args()
-    samples: dict[str, list[dict[str, float | None]]] = {name: [] for name in SETTINGS}
-    with tempfile.TemporaryDirectory(prefix="bench-speed-", dir="/var/tmp") as scratch:
-        for repeat in range(options.repeats):
-            for name, (candidates, keep_up) in SETTINGS.items():
-                home = Path(scratch) / f"{name}-{repeat}"
-                home.mkdir()
-                if keep_up:
-                    assert flakebot(home, "up").returncode == 0
-                try:
-                    sample = one_run(home, candidates)
-                finally:
-                    if keep_up:
-                        flakebot(home, "down")
-                samples[name].append(sample)
-                print(name, repeat, sample, flush=True)
+def summarize(samples: dict[str, list[dict[str, float | None]]]) -> dict[str, dict[str, float]]:
+    """Medians per setting, and three candidates over one: the ratio of the medians and the
+    median of the ratios within each repeat (the settings alternate, so noise hits a pair alike)."""
     summary: dict[str, dict[str, float]] = {
         name: {key: _median([s[key] for s in rows]) for key in rows[0]}
         for name, rows in samples.items()
     }
-    three_over_one = summary["up3"]["seconds"] / summary["up"]["seconds"]
-    summary["up3_over_up"] = {"seconds": round(three_over_one, 3)}
+    paired = [
+        float(three["seconds"] or 0) / float(one["seconds"] or 1)
+        for three, one in zip(samples["up3"], samples["up"], strict=True)
+    ]
+    summary["up3_over_up"] = {
+        "ratio_of_medians": round(summary["up3"]["seconds"] / summary["up"]["seconds"], 3),
+        "median_of_paired_ratios": round(statistics.median(paired), 3),
+    }
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
+    parser.add_argument("--summarize", action="store_true", help="only summarize --out again")
+    options = parser.parse_args()
+    if options.summarize:
+        samples = json.loads(options.out.read_text())["samples"]
+    else:
+        samples = {name: [] for name in SETTINGS}
+        with tempfile.TemporaryDirectory(prefix="bench-speed-", dir="/var/tmp") as scratch:
+            for repeat in range(options.repeats):
+                for name, (candidates, keep_up) in SETTINGS.items():
+                    home = Path(scratch) / f"{name}-{repeat}"
+                    home.mkdir()
+                    if keep_up:
+                        assert flakebot(home, "up").returncode == 0
+                    try:
+                        sample = one_run(home, candidates)
+                    finally:
+                        if keep_up:
+                            flakebot(home, "down")
+                    samples[name].append(sample)
+                    print(name, repeat, sample, flush=True)
+    summary = summarize(samples)
     options.out.write_text(json.dumps({"samples": samples, "medians": summary}, indent=2))
     print(json.dumps(summary, indent=2))
 

@@ -3,6 +3,7 @@ and its plots are written from results (the whole path: tests/test_bench_run.py)
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -160,3 +161,31 @@ def test_results_cut_by_a_kill_are_not_results(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_text(result("a", "m", 1).model_dump_json() + "\n" + '{"key": "b|m|1", "ta')
     assert list(read_trial_results(path)) == ["a|m|1"]
+
+
+def test_a_floor_is_measured_with_no_run_going_on_and_later_runs_wait_for_it() -> None:
+    from flakebot.bench.runner import _Quiet
+
+    events: list[str] = []
+
+    async def main() -> None:
+        quiet = _Quiet()
+
+        async def run(name: str, seconds: float, after: float = 0.0) -> None:
+            await asyncio.sleep(after)
+            async with quiet.running():
+                events.append(f"{name} start")
+                await asyncio.sleep(seconds)
+                events.append(f"{name} end")
+
+        async def floor() -> None:
+            await asyncio.sleep(0.01)
+            async with quiet.alone():
+                events.append("floor start")
+                await asyncio.sleep(0.05)
+                events.append("floor end")
+
+        await asyncio.gather(run("a", 0.1), floor(), run("late", 0.01, after=0.03))
+
+    asyncio.run(main())
+    assert events == ["a start", "a end", "floor start", "floor end", "late start", "late end"]

@@ -2,7 +2,8 @@
 
 A trial is a whole `flakebot run` of one task with one model. When it deploys, the bench runs the
 task's checks against the deployed tool (in the tool sandbox, as an agent would run it),
-measures the floor of the run (flakebot.bench.floor), and then cleans the run, timing the clean.
+measures the floor of the run (flakebot.bench.floor) with no other run of the bench going on (runs
+wait to start meanwhile), and then cleans the run, timing the clean.
 Everything about the run itself (stages, attempts, model calls and tokens) comes from its journal
 and model transcript. Each result is appended to the results file as one JSON line and synced; a
 re-run skips the trials already there, as a batch does.
@@ -11,11 +12,12 @@ re-run skips the trials already there, as a batch does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +97,43 @@ Progress = Callable[[Trial, str], None]
 
 
 @dataclass
+class _Quiet:
+    """The bench's runs share the machine; a floor is measured with none of them going on (runs
+    wait to start while a floor waits, so it is not starved)."""
+
+    condition: asyncio.Condition = field(default_factory=asyncio.Condition)
+    busy: int = 0
+    waiting: int = 0
+    measuring: bool = False
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with self.condition:
+            await self.condition.wait_for(lambda: not self.waiting and not self.measuring)
+            self.busy += 1
+        try:
+            yield
+        finally:
+            async with self.condition:
+                self.busy -= 1
+                self.condition.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def alone(self) -> AsyncIterator[None]:
+        async with self.condition:
+            self.waiting += 1
+            await self.condition.wait_for(lambda: not self.busy and not self.measuring)
+            self.waiting -= 1
+            self.measuring = True
+        try:
+            yield
+        finally:
+            async with self.condition:
+                self.measuring = False
+                self.condition.notify_all()
+
+
+@dataclass
 class Bench:
     """Runs trials with `bot` (its options the defaults), `parallel` at once, into `out`."""
 
@@ -103,6 +142,7 @@ class Bench:
     parallel: int = 2
     floor: bool = True
     on_progress: Progress | None = None
+    _quiet: _Quiet = field(default_factory=_Quiet)
 
     def pending(self, trials: list[Trial]) -> list[Trial]:
         done = read_trial_results(self.out)
@@ -117,6 +157,7 @@ class Bench:
             end_cut_line(self.out)
             self.bot._connect()  # once: every trial shares the cluster
         gate = asyncio.Semaphore(self.parallel)
+        self._quiet = _Quiet()  # made in this event loop
         results: list[TrialResult] = []
 
         async def one(trial: Trial) -> None:
@@ -148,7 +189,9 @@ class Bench:
         }
         started = time.monotonic()
         try:
-            manifest = await bot.abuild(trial.request(), run_id=run_id)
+            async with self._quiet.running():
+                started = time.monotonic()
+                manifest = await bot.abuild(trial.request(), run_id=run_id)
         except Exception as exc:  # RunFailed, or a request the machine cannot run
             seconds = time.monotonic() - started
             record = self._record(run_id, seconds)
@@ -169,7 +212,8 @@ class Bench:
         checks = await asyncio.to_thread(run_checks, manifest, trial.task.checks)
         floor: dict[str, float | None] = {}
         if self.floor:
-            floor = await asyncio.to_thread(self._floor, run_id, manifest, seconds)
+            async with self._quiet.alone():
+                floor = await asyncio.to_thread(self._floor, run_id, manifest, seconds)
         clean_s = await asyncio.to_thread(self._clean, run_id)
         record["stages"]["clean"] = round(clean_s, 3)
         end = max((span["end"] for span in record["spans"]), default=seconds)
