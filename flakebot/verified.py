@@ -89,6 +89,17 @@ class VerifiedResults:
         write_private(record, result.model_dump_json(indent=1))
         log.info("verified_result_kept", key=result.key, run_id=result.run_id)
 
+    def forget_run(self, run_id: str) -> int:
+        """Remove the results run `run_id` kept; returns how many."""
+        forgotten = 0
+        for record in sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []:
+            result = self.find(record.stem)
+            if result is not None and result.run_id == run_id:
+                for path in self._paths(result.key):
+                    path.unlink(missing_ok=True)
+                forgotten += 1
+        return forgotten
+
     def clear(self) -> int:
         """Remove every kept result; returns how many there were."""
         if not self.directory.is_dir():

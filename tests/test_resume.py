@@ -18,7 +18,7 @@ from flakebot.models.scripted import Script
 from flakebot.recorder import Recorder
 from flakebot.resume import RunHistory, check_resumable
 from flakebot.runstate import RunRecord
-from flakebot.verified import VerifiedResults, result_key
+from flakebot.verified import VerifiedResult, VerifiedResults, result_key
 from messages import (
     AnyMessage,
     CandidateResult,
@@ -27,6 +27,7 @@ from messages import (
     RunStarted,
     ScoreParts,
     ToolManifest,
+    Workspace,
 )
 from tests.conftest import Cli
 from tests.test_supervisor import COMMIT, REGISTRY, SPEC, TableRoles, supervise
@@ -210,3 +211,24 @@ def test_a_candidate_that_failed_but_was_not_yet_cleaned_is_cleaned_not_develope
     _, roles, _ = resume(messages[: failed + 1])
     assert "clean c1-a failed" in roles.calls and "developed a" not in roles.calls
     assert "developed b" in roles.calls
+
+
+def test_forgetting_a_run_removes_only_the_results_it_kept(tmp_path: Path) -> None:
+    from tests.samples import GREEN_REPORT, SAMPLES
+
+    workspace = SAMPLES["workspace"]
+    assert isinstance(workspace, Workspace)
+    results = VerifiedResults(tmp_path)
+    assert results.forget_run("run-a") == 0  # nothing kept yet
+    for key, run_id in (("k1", "run-a"), ("k2", "run-b"), ("k3", "run-a")):
+        bundle = tmp_path / f"{key}.tmp"
+        bundle.write_bytes(b"bundle")
+        results.save(
+            VerifiedResult(key=key, run_id=run_id, workspace=workspace, report=GREEN_REPORT),
+            bundle,
+        )
+    assert results.forget_run("run-a") == 2
+    assert results.find("k1") is None and results.find("k3") is None
+    assert not results.bundle("k1").exists()
+    kept = results.find("k2")
+    assert kept is not None and kept.run_id == "run-b" and results.bundle("k2").exists()

@@ -3,7 +3,8 @@
 A trial is a whole `flakebot run` of one task with one model. When it deploys, the bench runs the
 task's checks against the deployed tool (in the tool sandbox, as an agent would run it),
 measures the floor of the run (flakebot.bench.floor) with no other run of the bench going on (runs
-wait to start meanwhile), and then cleans the run, timing the clean.
+wait to start meanwhile), and then cleans the run, timing the clean, and forgets the verified
+result it kept, so that a repeat runs the whole job again.
 Everything about the run itself (stages, attempts, model calls and tokens) comes from its journal
 and model transcript. Each result is appended to the results file as one JSON line and synced; a
 re-run skips the trials already there, as a batch does.
@@ -36,6 +37,7 @@ from flakebot.models.base import Usage
 from flakebot.models.budget import default_prices
 from flakebot.nix import Nix
 from flakebot.tool_sandbox import ToolSandbox
+from flakebot.verified import VerifiedResults
 from messages import AcceptanceCase, CleanupRequest, Deployment, ToolManifest, Workspace
 
 CHECK_TIMEOUT_S = 30.0
@@ -274,7 +276,10 @@ class Bench:
     def _clean(self, run_id: str) -> float:
         started = time.monotonic()
         Janitor(self.bot.settings).clean(CleanupRequest(run_id=run_id, reason="requested"))
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        # A repeat measures the whole job again, not a reuse of this run's verified result.
+        VerifiedResults(self.bot.settings.home).forget_run(run_id)
+        return seconds
 
     def _tell(self, trial: Trial, what: str) -> None:
         if self.on_progress is not None:
