@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ COMMANDS: dict[Stage, list[str]] = {
     "test": ["cargo", "test", "--no-fail-fast", "--message-format=json"],
 }
 CLIPPY_ARGS_SEPARATOR = "__CLIPPY_HACKERY__"  # how cargo-clippy hands its arguments to the driver
+LINT_NAME = re.compile(r"clippy::[a-z][a-z0-9_]*")
 LINTED_DURING_BUILD = "linted by clippy-driver during the build (the workspace's rustc wrapper)"
 
 
@@ -57,8 +59,9 @@ LATER_CANDIDATE_NICE = 19
 
 
 def clippy_environment(sandbox: Sandbox, lint_warn: Sequence[str]) -> dict[str, str]:
-    """What `cargo clippy -- -W <lint>...` sets for cargo, here for `cargo build`."""
-    args = [arg for lint in lint_warn for arg in ("-W", lint)]
+    """What `cargo clippy -- -W <lint>...` sets for cargo, here for `cargo build`. Only lint
+    names pass (they come from an earlier build's output): nothing else reaches the driver."""
+    args = [arg for lint in lint_warn if LINT_NAME.fullmatch(lint) for arg in ("-W", lint)]
     return {
         "RUSTC_WORKSPACE_WRAPPER": str(sandbox.toolchain.bin_dir / "clippy-driver"),
         "CLIPPY_ARGS": "".join(f"{arg}{CLIPPY_ARGS_SEPARATOR}" for arg in args),

@@ -411,3 +411,12 @@ def test_clippy_lints_during_the_build_and_a_deny_lint_alone_still_lets_the_test
         lint_warn=["clippy::approx_constant"],
     )
     assert warned.green and [d.level for d in warned.stages[2].diagnostics] == ["warning"]
+
+
+def test_only_lint_names_reach_the_clippy_driver(sandbox: Sandbox) -> None:
+    from flakebot.tester import CLIPPY_ARGS_SEPARATOR, clippy_environment
+
+    planted = f"clippy::x{CLIPPY_ARGS_SEPARATOR}--cfg"  # would add an argument of its own
+    env = clippy_environment(sandbox, ["clippy::approx_constant", planted, "-Clinker=/x", "E0308"])
+    assert env["CLIPPY_ARGS"].split(CLIPPY_ARGS_SEPARATOR) == ["-W", "clippy::approx_constant", ""]
+    assert env["RUSTC_WORKSPACE_WRAPPER"].endswith("/clippy-driver")
