@@ -35,6 +35,7 @@ from messages import CleanupFailure, CleanupReport, CleanupRequest, RemovedItem
 from messages.deploy import CleanupReason
 
 log = structlog.get_logger()
+CLEAN_PASSES = 3  # clean --all: passes over the runs that still have something left
 
 
 def disk_usage(path: Path) -> int:
@@ -125,13 +126,25 @@ class Janitor:
     def _clean_runs(
         self, runs: list[RunRecord], reason: CleanupReason, *, force: bool
     ) -> tuple[list[CleanupReport], list[str]]:
-        reports, skipped = [], []
-        for run in runs:
-            if not force and run.in_progress():
-                skipped.append(run.run_id)
-                continue
-            reports.append(self.clean(CleanupRequest(run_id=run.run_id, reason=reason)))
-        return reports, skipped
+        skipped = [run.run_id for run in runs if not force and run.in_progress()]
+        todo = [run for run in runs if run.run_id not in skipped]
+        reports: dict[str, CleanupReport] = {}
+        # Runs of one home share store paths: one run's derivation may reference a path another
+        # run recorded, which Nix keeps until that one is gone. What failed is tried again
+        # while a pass still removes something.
+        for _ in range(CLEAN_PASSES):
+            progressed = False
+            for run in todo:
+                report = self.clean(CleanupRequest(run_id=run.run_id, reason=reason))
+                progressed = progressed or bool(report.removed)
+                earlier = reports.get(run.run_id)
+                if earlier is not None:
+                    report = report.model_copy(update={"removed": earlier.removed + report.removed})
+                reports[run.run_id] = report
+            todo = [run for run in todo if reports[run.run_id].failures]
+            if not todo or not progressed:
+                break
+        return list(reports.values()), skipped
 
     def _remove(self, record: RunRecord, item: Resource) -> RemovedItem | CleanupFailure | None:
         path = Path(item.path)

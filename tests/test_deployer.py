@@ -29,10 +29,13 @@ from flakebot.settings import Settings
 from flakebot.tool_sandbox import ToolSandbox
 from messages import (
     AcceptanceCase,
+    CleanupFailure,
+    CleanupReport,
     CleanupRequest,
     Deployment,
     OutputCheck,
     RegistryRef,
+    RemovedItem,
     ServiceProbe,
     ServiceSettings,
     ToolManifest,
@@ -412,3 +415,31 @@ def test_clean_all_leaves_a_run_in_progress_alone_unless_forced(
         holder.wait()
         holder.stdout.close()  # type: ignore[union-attr]
     assert not RunRecord(settings.home, "busy").in_progress()  # a dead process holds nothing
+
+
+def test_clean_all_tries_a_run_again_once_the_run_holding_its_paths_is_gone(
+    settings: Settings,
+) -> None:
+    # Runs of one home share store paths: run a's path is referenced by one of run b's, so Nix
+    # keeps it until b is cleaned. clean --all passes over a again.
+    calls: list[str] = []
+
+    class Ordered(Janitor):
+        def clean(self, request: CleanupRequest) -> CleanupReport:
+            calls.append(request.run_id)
+            held = request.run_id == "a" and "b" not in calls
+            path = f"/nix/store/{request.run_id}"
+            return CleanupReport(
+                run_id=request.run_id,
+                reason=request.reason,
+                removed=[] if held else [RemovedItem(what="store_path", path=path, bytes_freed=1)],
+                failures=[CleanupFailure(path=path, reason="still in use")] if held else [],
+            )
+
+    for run_id in ("a", "b"):
+        RunRecord(settings.home, run_id).add(
+            "workspace", settings.workspaces_dir / run_id, candidate_id=None
+        )
+    reports, skipped = Ordered(settings).clean_all()
+    assert calls == ["a", "b", "a"] and skipped == []
+    assert [(r.run_id, len(r.removed), r.failures) for r in reports] == [("a", 1, []), ("b", 1, [])]
