@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import structlog
@@ -36,6 +37,7 @@ from messages.deploy import CleanupReason
 
 log = structlog.get_logger()
 CLEAN_PASSES = 3  # clean --all: passes over the runs that still have something left
+IN_USE_WAITS_S = (0.5, 1.0, 2.0)  # store paths in use: waits before trying again
 
 
 def disk_usage(path: Path) -> int:
@@ -202,7 +204,12 @@ class Janitor:
             if item not in present:
                 record.remove(item)
         pending = sorted(present, key=lambda item: item.path.endswith(".drv"))
-        for _ in range(3):  # a path referenced by another of ours goes once that one is gone
+        # A path referenced by another of ours goes once that one is gone: passes go on while
+        # they remove something. Nix also counts what a running process uses as a root, so a
+        # process of the run that is still exiting holds paths for a moment: a pass that removes
+        # nothing waits a little and tries again, a few times.
+        waits = list(IN_USE_WAITS_S)
+        while pending:
             still: list[Resource] = []
             for item in pending:
                 size = disk_usage(Path(item.path))
@@ -214,7 +221,9 @@ class Janitor:
                 record.remove(item)
                 removed.append(RemovedItem(what="store_path", path=item.path, bytes_freed=size))
             if len(still) == len(pending):
-                break
+                if not waits:
+                    break
+                time.sleep(waits.pop(0))
             pending = still
         for item in pending:
             failures.append(

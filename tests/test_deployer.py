@@ -443,3 +443,40 @@ def test_clean_all_tries_a_run_again_once_the_run_holding_its_paths_is_gone(
     reports, skipped = Ordered(settings).clean_all()
     assert calls == ["a", "b", "a"] and skipped == []
     assert [(r.run_id, len(r.removed), r.failures) for r in reports] == [("a", 1, []), ("b", 1, [])]
+
+
+def test_a_store_path_held_for_a_moment_by_an_exiting_process_is_deleted_after_a_wait(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flakebot import janitor as janitor_module
+    from flakebot.errors import CommandFailed
+
+    monkeypatch.setattr(janitor_module, "IN_USE_WAITS_S", (0.01, 0.01, 0.01))
+
+    class HeldTwice:  # as `nix-store --delete` is while a process still uses the path
+        def __init__(self) -> None:
+            self.refusals = 2
+
+        def delete(self, paths: list[str]) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise CommandFailed(["nix-store", "--delete", *paths], 1, "still alive")
+            for path in paths:
+                Path(path).unlink()
+
+    def clean_with(refusals: int) -> CleanupReport:
+        path = settings.home / f"held-{refusals}"
+        path.write_text("x")
+        RunRecord(settings.home, f"r{refusals}").add("store_path", path, candidate_id=None)
+        janitor = Janitor(settings)
+        held = HeldTwice()
+        held.refusals = refusals
+        janitor._nix = held  # type: ignore[assignment]
+        return janitor.clean(CleanupRequest(run_id=f"r{refusals}", reason="requested"))
+
+    waited = clean_with(2)
+    assert len(waited.removed) == 1 and waited.failures == []
+    held_on = clean_with(9)  # more than the waits: reported, not waited on for ever
+    assert held_on.removed == [] and [f.reason for f in held_on.failures] == [
+        "still in use (rooted or referenced elsewhere)"
+    ]
