@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from flakebot.errors import ConfigError
 from flakebot.proc import Completed, run
 from flakebot.sandbox import (
     DEFAULT_MEMORY_BYTES,
@@ -30,6 +31,7 @@ from flakebot.sandbox import (
     etc_files,
     require_bwrap,
 )
+from messages.base import check_relative_path
 
 
 def tool_environment() -> dict[str, str]:
@@ -43,10 +45,21 @@ def tool_environment() -> dict[str, str]:
 
 @contextmanager
 def scratch_dir(files: Mapping[str, str] | None = None) -> Iterator[Path]:
-    """A fresh directory for one call, holding `files` (relative path to text); removed after."""
+    """A fresh directory for one call, holding `files` (relative path to text); removed after.
+    A path that is absolute or climbs out with '..' is refused (ConfigError) before anything is
+    written: the caller (an agent, a spec) names paths inside the sandbox only."""
+    checked = {}
+    for relative, content in (files or {}).items():
+        try:
+            checked[check_relative_path(relative)] = content
+        except ValueError as exc:
+            raise ConfigError(
+                f"input file {relative!r} is not a path inside the call's directory: {exc}",
+                hint="name input files by relative paths such as 'data/input.txt'",
+            ) from None
     directory = Path(tempfile.mkdtemp(prefix="flakebot-call-"))
     try:
-        for relative, content in (files or {}).items():
+        for relative, content in checked.items():
             path = directory / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)

@@ -48,7 +48,7 @@ NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=100_000
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-def _check_relative_path(value: str) -> str:
+def check_relative_path(value: str) -> str:
     """A path relative to the fork's root: no absolute paths, no '..', no backslashes."""
     if not value or value.strip() != value:
         raise ValueError("path must be non-empty and have no surrounding whitespace")
@@ -67,7 +67,7 @@ def _check_relative_path(value: str) -> str:
 
 RelativePath = Annotated[
     str,
-    AfterValidator(_check_relative_path),
+    AfterValidator(check_relative_path),
     Field(description="A path relative to the fork's (or the test's) root, using '/'."),
 ]
 
