@@ -33,7 +33,10 @@ MAX_OUTPUT_CHARS = 20_000
 
 
 def parameters_schema(spec: ToolSpec) -> dict[str, JsonValue]:
-    """The JSON Schema of one call of the tool: its arguments, stdin and input files."""
+    """The JSON Schema of one call of the tool: a CLI's arguments, stdin and input files, or the
+    HTTP request a service is sent."""
+    if spec.tool_kind == "service":
+        return request_schema(spec)
     return {
         "type": "object",
         "properties": {
@@ -46,10 +49,33 @@ def parameters_schema(spec: ToolSpec) -> dict[str, JsonValue]:
             "files": {
                 "type": "object",
                 "additionalProperties": {"type": "string"},
-                "description": "Files to create in the working directory first: path to content.",
+                "description": "Files to create in the working directory first: relative path (no"
+                " '..') to content.",
             },
         },
         "required": ["args"],
+        "additionalProperties": False,
+    }
+
+
+def request_schema(spec: ToolSpec) -> dict[str, JsonValue]:
+    """One HTTP request to a deployed service (as its probes are): method, path and body."""
+    return {
+        "type": "object",
+        "properties": {
+            "method": {
+                "type": "string",
+                "enum": ["GET", "POST", "PUT", "DELETE", "HEAD"],
+                "default": "GET",
+            },
+            "path": {
+                "type": "string",
+                "pattern": r"^/[^\s]*$",
+                "description": f"The path to request from {spec.name}, from '/'.",
+            },
+            "body": {"type": "string", "description": "The request body."},
+        },
+        "required": ["path"],
         "additionalProperties": False,
     }
 
