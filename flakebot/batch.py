@@ -198,7 +198,7 @@ class Batch:
         todo, _ = self.pending(jobs)
         if todo:
             end_cut_line(self.out)
-            self.bot._connect()  # once, for every job: they share the cluster
+            self.bot.connect()  # once, for every job: they share the cluster
         gate = asyncio.Semaphore(self.parallel)
         results: list[BatchResult] = []
 

@@ -22,8 +22,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import ray
 import structlog
@@ -42,9 +43,11 @@ from flakebot.journal import Journal
 from flakebot.planner import looks_like_spec_file
 from flakebot.resume import check_resumable
 from flakebot.runplan import RunPlan, default_plan, load_plan
+from flakebot.runstate import RunRecord
 from flakebot.settings import Settings, parse_model, parse_registry
 from flakebot.specs import load_spec
 from messages import (
+    CleanupReport,
     CleanupRequest,
     RunEvent,
     RunStarted,
@@ -63,6 +66,8 @@ PASSED_ENV = ("FLAKEBOT_HOME", "FLAKEBOT_REGISTRY", "FLAKEBOT_CONTACT", "FLAKEBO
 CLUSTER_ENV = ("FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL", "FLAKEBOT_FORBID_REAL_MODELS",
                "FLAKEBOT_LEASE_TTL")  # fmt: skip
 SUPERVISOR_MARGIN_S = 120.0
+CANCEL_WAIT_S = 30.0  # how long a killed supervisor may take to let go of its run
+STEPS = get_args(Step)
 
 
 def _present_token(env: dict[str, str]) -> None:
@@ -111,7 +116,7 @@ class Flakebot:
     _started_ray: bool = False
     _joined: bool = False
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
         """Join the cluster at `address` (or RAY_ADDRESS, as `ray job submit` sets it), or start
         a local one. A joined cluster's nodes keep their own environment (their FLAKEBOT_HOME,
         HOME and PATH); only Flakebot's options travel. No secret travels this way: the job's
@@ -230,7 +235,7 @@ class Flakebot:
         run_id = started.run_id
         ensure_home(self.settings.home)
         require_ready(self.settings.model_copy(update={"registry": started.registry}))
-        self._connect()
+        self.connect()
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         # the run's home: this node, whose FLAKEBOT_HOME holds the journal the driver reads
         supervisor = SupervisorActor.options(scheduling_strategy=here).remote(  # type: ignore[attr-defined]
@@ -290,6 +295,43 @@ class Flakebot:
             except Exception as exc:
                 log.warning("cleanup_failed", run_id=run_id, error=str(exc))
         return StepFailed(run_id=run_id, step=step, error_type=kind, reason=reason)
+
+    def cancelled(self, run_id: str) -> CleanupReport:
+        """After a caller cancelled `abuild` (its supervisor is killed then): wait until no
+        process runs the run any more, record that it was cancelled, and clean what it made.
+        Blocking; meant for a worker thread the caller does not cancel."""
+        record = RunRecord(self.settings.home, run_id)
+        waited = time.monotonic() + CANCEL_WAIT_S
+        while record.in_progress() and time.monotonic() < waited:
+            time.sleep(0.2)
+        journal = Journal(self.settings.journal_path)
+        try:
+            row = journal.run(run_id)
+            if row is not None and row.state == "running":
+                step = row.step if row.step in STEPS else "plan"
+                failure = StepFailed(
+                    run_id=run_id,
+                    step=step,  # checked against STEPS
+                    error_type="CancelledError",
+                    reason="the run was cancelled by its caller",
+                )
+                events = sum(isinstance(e.message, RunEvent) for e in journal.entries(run_id))
+                journal.append(run_id, failure)
+                journal.append(
+                    run_id,
+                    RunEvent(
+                        run_id=run_id,
+                        seq=events,
+                        at=datetime.now(UTC),
+                        step="run",
+                        event="run_failed",
+                        detail=failure.reason,
+                        data={"failed_step": step},
+                    ),
+                )
+        finally:
+            journal.close()
+        return Janitor(self.settings).clean(CleanupRequest(run_id=run_id, reason="cancelled"))
 
     def build(
         self, request: Request, *, on_event: Callable[[RunEvent], None] | None = None

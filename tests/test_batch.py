@@ -86,7 +86,7 @@ class Driver(Flakebot):
     outcome: Callable[[Request], ToolManifest] = field(default=lambda request: _fail(request))
     asked: list[Request] = field(default_factory=list)
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
         pass
 
     async def abuild(

@@ -79,7 +79,7 @@ def test_ray_messages_to_the_driver_stay_off_stdout(
 ) -> None:
     # What Ray's driver prints when a candidate's actor is killed mid-task: stdout carries the
     # manifest (and `--json`), so it must not.
-    Flakebot(settings=ray_home)._connect()
+    Flakebot(settings=ray_home).connect()
     message = "Task CoderActor.develop failed. There are 2 retries remaining"
     worker = ray._private.worker
     with structlog.testing.capture_logs() as logged:

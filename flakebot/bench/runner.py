@@ -157,7 +157,7 @@ class Bench:
         todo = self.pending(trials)
         if todo:
             end_cut_line(self.out)
-            self.bot._connect()  # once: every trial shares the cluster
+            self.bot.connect()  # once: every trial shares the cluster
         gate = asyncio.Semaphore(self.parallel)
         self._quiet = _Quiet()  # made in this event loop
         results: list[TrialResult] = []
