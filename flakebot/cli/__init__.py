@@ -200,6 +200,7 @@ from flakebot.cli import (  # noqa: E402
     deploying,
     forks,
     running,
+    serving,
     status,
     system,
 )
@@ -214,6 +215,7 @@ __all__ = [
     "forks",
     "main",
     "running",
+    "serving",
     "status",
     "system",
 ]

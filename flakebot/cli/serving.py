@@ -1,0 +1,48 @@
+"""`flakebot mcp`: Flakebot as an MCP server for agents (flakebot.mcp_server)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import typer
+
+from flakebot.cli import RegistryOption, app, load_settings
+from flakebot.cli.coding import ModelOption
+from flakebot.mcp_server.server import MAX_CANDIDATES, FlakebotMCP
+from flakebot.mcp_server.serving import LOOPBACK, serve
+
+
+@app.command("mcp")
+def mcp_command(
+    transport: Annotated[
+        Literal["stdio", "http"],
+        typer.Option("--transport", help="stdio (the client starts the server) or http."),
+    ] = "stdio",
+    model: ModelOption = None,
+    candidates: Annotated[
+        int,
+        typer.Option(
+            "--candidates", min=1, max=MAX_CANDIDATES, help="Default candidates per build."
+        ),
+    ] = 3,
+    registry: RegistryOption = None,
+    address: Annotated[str | None, typer.Option("--address", help="Join this Ray cluster.")] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="HTTP: the address to bind (default: loopback).")
+    ] = LOOPBACK,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP: the port.")] = 8765,
+) -> None:
+    """Serve MCP: build_tool, clean_tool, and every deployed tool of this home as a tool.
+
+    Register it with a client as the command `flakebot mcp --model MODEL` (stdio). Tools built
+    here, or by `flakebot run` in the same FLAKEBOT_HOME, are listed and callable; each call runs
+    in the tool sandbox."""
+    settings = load_settings()
+    server = FlakebotMCP(
+        settings=settings,
+        model=model,
+        registry=registry,
+        address=address,
+        candidates=candidates,
+    )
+    serve(server, transport, host, port)

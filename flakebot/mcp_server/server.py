@@ -1,0 +1,423 @@
+"""Flakebot as an MCP server: an agent asks for a tool with `build_tool`, then calls it.
+
+Tools:
+- `build_tool(request, candidates?, timeout_s?)` runs the whole job through the actors (as
+  `flakebot run` does) and returns the manifest: Markdown as text, the manifest as structured
+  content. Each run event goes to the caller as a progress notification. Cancelling the call
+  (notifications/cancelled, or closing the connection) stops the run and cleans what it made.
+- one tool per live deployed run of this FLAKEBOT_HOME (flakebot.mcp_server.catalog), with the
+  manifest's input schema; calling it runs the binary in the tool sandbox (calls.py).
+- `clean_tool(name)` cleans the run behind a tool, as `flakebot clean RUN` does.
+Resources: each tool's Markdown manifest at flakebot://tools/<name>/manifest.md.
+
+The tool list changes as runs are deployed and cleaned, by this server or any other process of the
+home: a watcher polls the home's run records and tells clients (`notifications/tools/list_changed`
+and `resources/list_changed` on handshake-era connections, `subscriptions/listen` streams on
+2026-07-28 ones).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import mcp_types as types
+import structlog
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from flakebot import __version__
+from flakebot.driver import Flakebot, new_run_id
+from flakebot.errors import FlakebotError, RunFailed
+from flakebot.janitor import Janitor
+from flakebot.manifest import to_markdown
+from flakebot.mcp_server.calls import (
+    ToolCaller,
+    input_schema,
+    invalid_arguments,
+    output_schema,
+    schema_problems,
+    tool_error,
+)
+from flakebot.mcp_server.catalog import Catalog, DeployedTool, signature
+from flakebot.nix import Nix
+from flakebot.planner import looks_like_spec_file
+from flakebot.settings import Settings
+from messages import CleanupReport, CleanupRequest, RunEvent, ToolManifest
+
+log = structlog.get_logger()
+
+WATCH_INTERVAL_S = 2.0
+MAX_CANDIDATES = 8
+
+BUILD_TOOL = types.Tool(
+    name="build_tool",
+    title="Build a tool",
+    description=(
+        "Build, test and deploy a command-line tool or service from a Rust crate, and return its "
+        "manifest (how to call it, worked examples). The new tool is then listed here and can be "
+        "called like any other. `request` is a description in words (needs the server's model) "
+        "or the path of a tool spec file (YAML or JSON). Takes a minute or more; progress is "
+        "reported; cancelling stops the run and cleans up."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "request": {
+                "type": "string",
+                "pattern": "\\S",
+                "description": "What the tool should do, or the path of a spec file.",
+            },
+            "candidates": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_CANDIDATES,
+                "description": "How many crates to fork and try at once (default 3).",
+            },
+            "timeout_s": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "Give up on the run after this many seconds.",
+            },
+        },
+        "required": ["request"],
+        "additionalProperties": False,
+    },
+    annotations=types.ToolAnnotations(open_world_hint=True),
+)
+CLEAN_TOOL = types.Tool(
+    name="clean_tool",
+    title="Clean a tool",
+    description=(
+        "Remove a tool this server lists, and everything its run made (service, Nix store paths, "
+        "fork, workspaces). The tool is no longer listed afterwards."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {"name": {"type": "string", "description": "The tool's name as listed."}},
+        "required": ["name"],
+        "additionalProperties": False,
+    },
+    annotations=types.ToolAnnotations(destructive_hint=True, idempotent_hint=True),
+)
+
+
+def _text(text: str, structured: dict[str, Any] | None = None) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=structured
+    )
+
+
+def _progress_line(event: RunEvent) -> str:
+    where = f"{event.step}" + (f" [{event.candidate_id}]" if event.candidate_id else "")
+    return f"{where}: {event.event}" + (f": {event.detail[:200]}" if event.detail else "")
+
+
+@dataclass
+class FlakebotMCP:
+    """The server's state: the home's catalog of live tools and whom to tell when it changes."""
+
+    settings: Settings
+    model: str | None = None
+    registry: str | None = None
+    address: str | None = None
+    candidates: int = 3
+    watch_interval_s: float = WATCH_INTERVAL_S
+    present: Callable[[str], bool] = os.path.exists  # is a store path still there
+    catalog: Catalog = field(init=False)
+    bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    # handshake-era connections (held weakly: a closed one goes), each with a session to send on
+    _sessions: weakref.WeakKeyDictionary[object, ServerSession] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    _signature: tuple[tuple[str, int], ...] = ()
+    _ray: Flakebot | None = None
+    _caller: ToolCaller | None = None
+
+    def __post_init__(self) -> None:
+        self.catalog = Catalog([])
+        self.refresh()
+
+    # --- the catalog and its listeners ------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Reload the catalog if the home's run records changed; True if the tools changed."""
+        now = signature(self.settings.home)
+        if now == self._signature:
+            return False
+        self._signature = now
+        before = {name: tool.run_id for name, tool in self.catalog.tools.items()}
+        self.catalog = Catalog.load(self.settings.home, self.present)
+        after = {name: tool.run_id for name, tool in self.catalog.tools.items()}
+        return before != after
+
+    async def changed(self) -> None:
+        """Tell every client that the tools (and their manifests) changed."""
+        await self.bus.publish(ToolsListChanged())
+        await self.bus.publish(ResourcesListChanged())
+        for connection, session in list(self._sessions.items()):
+            try:
+                await session.send_tool_list_changed()
+                await session.send_resource_list_changed()
+            except Exception as exc:  # a closed connection: forget it
+                log.debug("mcp_notify_failed", error=str(exc))
+                self._sessions.pop(connection, None)
+
+    async def _refresh_and_tell(self) -> None:
+        if self.refresh():
+            await self.changed()
+
+    async def watch(self) -> None:
+        """Poll the home for runs deployed or cleaned by anyone; tell clients when tools change."""
+        while True:
+            await anyio.sleep(self.watch_interval_s)
+            try:
+                await self._refresh_and_tell()
+            except Exception as exc:  # a home being written to: try again next time
+                log.warning("mcp_watch_failed", error=str(exc)[:300])
+
+    def _seen(self, ctx: ServerRequestContext[Any]) -> None:
+        """Handshake-era connections get list-changed notifications on their session."""
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            # A session is one request's view of its connection; its list-changed
+            # notifications go on the connection's own channel, so any of them will do. The
+            # SDK has no public handle on the connection to key them by.
+            connection = getattr(ctx.session, "_connection", ctx.session)
+            self._sessions[connection] = ctx.session
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        self._seen(ctx)
+        await self._refresh_and_tell()
+        deployed = [
+            types.Tool(
+                name=tool.name,
+                title=tool.manifest.name,
+                description=f"{tool.manifest.summary} (built by Flakebot run {tool.run_id}; "
+                f"manual: {tool.uri})",
+                input_schema=input_schema(tool),
+                output_schema=output_schema(tool),
+                annotations=types.ToolAnnotations(open_world_hint=False),
+            )
+            for tool in sorted(self.catalog.tools.values(), key=lambda tool: tool.name)
+        ]
+        return types.ListToolsResult(tools=[BUILD_TOOL, CLEAN_TOOL, *deployed])
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        self._seen(ctx)
+        arguments = dict(params.arguments or {})
+        if params.name == "build_tool":
+            return await self.build_tool(ctx, arguments)
+        if params.name == "clean_tool":
+            return await self.clean_tool(arguments)
+        self.refresh()
+        tool = self.catalog.get(params.name)
+        if tool is None:
+            known = ", ".join(["build_tool", "clean_tool", *self.catalog.names()])
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"no tool named {params.name!r} (it may have been cleaned); tools now: {known}",
+            )
+        return await anyio.to_thread.run_sync(self.caller().call, tool, arguments)
+
+    def caller(self) -> ToolCaller:
+        if self._caller is None:
+            self._caller = ToolCaller(Nix())
+        return self._caller
+
+    async def list_resources(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        self._seen(ctx)
+        await self._refresh_and_tell()
+        return types.ListResourcesResult(
+            resources=[
+                types.Resource(
+                    name=f"{tool.name} manifest",
+                    uri=tool.uri,
+                    description=f"How to use {tool.name}: {tool.manifest.summary}",
+                    mime_type="text/markdown",
+                )
+                for tool in sorted(self.catalog.tools.values(), key=lambda tool: tool.name)
+            ]
+        )
+
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        self._seen(ctx)
+        self.refresh()
+        tool = self.catalog.by_uri(str(params.uri))
+        if tool is None:
+            raise MCPError(
+                types.INVALID_PARAMS, f"no resource {params.uri}: its tool may have been cleaned"
+            )
+        return types.ReadResourceResult(
+            contents=[
+                types.TextResourceContents(
+                    uri=tool.uri, mime_type="text/markdown", text=tool.markdown()
+                )
+            ]
+        )
+
+    # --- build_tool and clean_tool ----------------------------------------------------------
+
+    def _bot(self, arguments: dict[str, Any]) -> Flakebot:
+        return Flakebot(
+            model=self.model,
+            registry=self.registry,
+            address=self.address,
+            candidates=int(arguments.get("candidates", self.candidates)),
+            timeout=arguments.get("timeout_s"),
+            settings=self.settings,
+        )
+
+    async def build_tool(
+        self, ctx: ServerRequestContext[Any], arguments: dict[str, Any]
+    ) -> types.CallToolResult:
+        problems = schema_problems(BUILD_TOOL.input_schema, arguments)
+        if problems:
+            return invalid_arguments("build_tool", problems)
+        bot = self._bot(arguments)
+        request: str = arguments["request"]
+        if bot.model is None and self.settings.model is None and not looks_like_spec_file(request):
+            return tool_error(
+                "this server has no model to plan a request in words: pass the path of a spec "
+                "file, or start the server with --model"
+            )
+        if self._ray is None:  # joins `flakebot up`'s cluster, or starts one, once
+            self._ray = bot
+            await anyio.to_thread.run_sync(bot.connect)
+        run_id = new_run_id()
+        send, receive = anyio.create_memory_object_stream[RunEvent](math.inf)
+
+        async def report() -> None:
+            count = 0
+            async with receive:
+                async for event in receive:
+                    count += 1
+                    await ctx.session.report_progress(count, None, _progress_line(event))
+
+        await ctx.session.report_progress(0, None, f"run {run_id} started")
+        outcome: ToolManifest | FlakebotError
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(report)
+                try:
+                    outcome = await bot.abuild(request, on_event=send.send_nowait, run_id=run_id)
+                except FlakebotError as exc:
+                    outcome = exc
+                finally:
+                    send.close()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                log.info("mcp_build_cancelled", run_id=run_id)
+                try:
+                    await anyio.to_thread.run_sync(bot.cancelled, run_id)
+                except Exception as exc:
+                    log.warning("mcp_cancel_clean_failed", run_id=run_id, error=str(exc)[:300])
+            raise
+        if isinstance(outcome, RunFailed):
+            return tool_error(f"the run {run_id} failed: {outcome.message}")
+        if isinstance(outcome, FlakebotError):
+            return tool_error(outcome.message + (f"\nhint: {outcome.hint}" if outcome.hint else ""))
+        manifest = outcome
+        await self._refresh_and_tell()
+        tool = self.catalog.by_run(run_id)
+        called = (
+            f'It is listed as the MCP tool `{tool.name}`; call it with {{"args": [...]}}.\n\n'
+            if tool is not None
+            else ""
+        )
+        return _text(
+            f"Built {manifest.name} (run {run_id}). {called}{to_markdown(manifest)}",
+            {"tool": tool.name if tool else None, "manifest": manifest.model_dump(mode="json")},
+        )
+
+    async def clean_tool(self, arguments: dict[str, Any]) -> types.CallToolResult:
+        problems = schema_problems(CLEAN_TOOL.input_schema, arguments)
+        if problems:
+            return invalid_arguments("clean_tool", problems)
+        name = arguments["name"]
+        self.refresh()
+        tool = self.catalog.get(name)
+        if tool is None:
+            return tool_error(
+                f"no tool named {name!r} to clean; tools now: "
+                + (", ".join(self.catalog.names()) or "none")
+            )
+        report = await anyio.to_thread.run_sync(_clean, self.settings, tool)
+        await self._refresh_and_tell()
+        freed = report.bytes_freed / 1024**2
+        removed = len(report.removed)
+        text = f"Cleaned {tool.name} (run {tool.run_id}): {removed} items, {freed:.1f} MiB."
+        if report.failures:
+            text += "\nNot removed:\n" + "\n".join(
+                f"- {failure.path}: {failure.reason}" for failure in report.failures
+            )
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=text)],
+            structured_content=report.model_dump(mode="json"),
+            is_error=bool(report.failures),
+        )
+
+    # --- the MCP server ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = None
+
+    def server(self) -> Server[Any]:
+        @asynccontextmanager
+        async def lifespan(_: Server[Any]) -> AsyncIterator[dict[str, Any]]:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self.watch)
+                try:
+                    yield {}
+                finally:
+                    group.cancel_scope.cancel()
+
+        return Server(
+            "flakebot",
+            version=__version__,
+            title="Flakebot",
+            instructions=(
+                "Ask build_tool for a tool you lack (in words, or a spec file); it is then listed "
+                "as a tool of its own. Its manual is a resource. clean_tool removes it."
+            ),
+            lifespan=lifespan,
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+            on_list_resources=self.list_resources,
+            on_read_resource=self.read_resource,
+            on_subscriptions_listen=ListenHandler(self.bus),
+        )
+
+    def notification_options(self) -> NotificationOptions:
+        return NotificationOptions(tools_changed=True, resources_changed=True)
+
+
+def _clean(settings: Settings, tool: DeployedTool) -> CleanupReport:
+    return Janitor(settings).clean(CleanupRequest(run_id=tool.run_id, reason="requested"))
