@@ -6,7 +6,12 @@ real `flakebot mcp` over stdio end to end."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import threading
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from flakebot.mcp_server.server import FlakebotMCP
 from flakebot.settings import Settings
 from flakebot.tool_sandbox import scratch_dir
 from messages import ServiceSettings, ToolManifest
+from tests.conftest import FLAKEBOT
 from tests.samples import SAMPLES, SPEC
 
 MANIFEST = SAMPLES["tool_manifest"]
@@ -263,3 +269,84 @@ def test_the_manifest_schema_is_what_the_server_lists(home: Path) -> None:
     tool = Catalog.load(home, everywhere).get("hexview")
     assert tool is not None
     assert json.loads(json.dumps(manifest.mcp_tool["inputSchema"])) == parameters_schema(SPEC)
+
+
+class Echo(BaseHTTPRequestHandler):
+    """A deployed service's stand-in on the loopback: answers with what it was sent."""
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode()
+        reply = f"{self.command} {self.path} {body}".encode()
+        self.send_response(201 if self.command == "POST" else 200)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_service_tool_is_sent_the_request(home: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        spec = SPEC.model_copy(
+            update={"tool_kind": "service", "service": ServiceSettings(args=["{port}"])}
+        )
+        deploy(home, "run-20261206-100000-aaaaaa", tool_kind="service", service_url=url,
+               mcp_tool=mcp_tool(spec))  # fmt: skip
+        tool = Catalog.load(home, everywhere).get("hexview")
+        assert tool is not None
+        caller = ToolCaller(NoNix())  # type: ignore[arg-type]
+        sent = caller.call(tool, {"method": "POST", "path": "/items?x=1", "body": "hi"})
+        assert sent.structured_content == {"status": 201, "body": "POST /items?x=1 hi"}
+        assert not sent.is_error
+        wrong = caller.call(tool, {"args": ["--port", "1"]})
+        assert wrong.is_error and "'path' is a required property" in wrong.content[0].text  # type: ignore[union-attr]
+    finally:
+        server.shutdown()
+        server.server_close()
+    down = caller.call(tool, {"path": "/"})
+    assert down.is_error and "did not answer" in down.content[0].text  # type: ignore[union-attr]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_http_transport_serves_on_the_loopback(home: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "FLAKEBOT_HOME": str(home)}
+    process = subprocess.Popen(
+        [str(FLAKEBOT), "mcp", "--transport", "http", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert line.strip() == f"flakebot mcp: listening on http://127.0.0.1:{port}/mcp", line
+        listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        local = {row.split()[1] for row in listening if row.split()[3] == "0A"}  # LISTEN
+        assert f"0100007F:{port:04X}" in local  # 127.0.0.1, and no other address, has it
+        assert f"00000000:{port:04X}" not in local
+
+        async def session() -> None:
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                names = [tool.name for tool in (await client.list_tools()).tools]
+                assert names == ["build_tool", "clean_tool"]
+
+        anyio.run(session)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        if process.stderr is not None:
+            process.stderr.close()

@@ -30,7 +30,9 @@ def mcp_command(
     host: Annotated[
         str, typer.Option("--host", help="HTTP: the address to bind (default: loopback).")
     ] = LOOPBACK,
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="HTTP: the port.")] = 8765,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="HTTP: the port (0: any free one).")
+    ] = 8765,
 ) -> None:
     """Serve MCP: build_tool, clean_tool, and every deployed tool of this home as a tool.
 

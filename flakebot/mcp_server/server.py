@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -140,6 +142,9 @@ class FlakebotMCP:
     candidates: int = 3
     watch_interval_s: float = WATCH_INTERVAL_S
     present: Callable[[str], bool] = os.path.exists  # is a store path still there
+    # stdio: the client ends the server with SIGTERM 2 s after closing its stdin, maybe while
+    # Ray shuts down; Ray's own handler would print a stack trace to the client's log
+    default_sigterm: bool = False
     catalog: Catalog = field(init=False)
     bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
     # handshake-era connections (held weakly: a closed one goes), each with a session to send on
@@ -148,6 +153,7 @@ class FlakebotMCP:
     )
     _signature: tuple[tuple[str, int], ...] = ()
     _ray: Flakebot | None = None
+    _connecting: anyio.Lock = field(default_factory=anyio.Lock)
     _caller: ToolCaller | None = None
 
     def __post_init__(self) -> None:
@@ -306,9 +312,12 @@ class FlakebotMCP:
                 "this server has no model to plan a request in words: pass the path of a spec "
                 "file, or start the server with --model"
             )
-        if self._ray is None:  # joins `flakebot up`'s cluster, or starts one, once
-            self._ray = bot
-            await anyio.to_thread.run_sync(bot.connect)
+        async with self._connecting:  # joins `flakebot up`'s cluster, or starts one, once
+            if self._ray is None:
+                await anyio.to_thread.run_sync(bot.connect)
+                self._ray = bot
+                if self.default_sigterm and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
         run_id = new_run_id()
         send, receive = anyio.create_memory_object_stream[RunEvent](math.inf)
 

@@ -10,11 +10,13 @@ anyone who can reach the port can build and run tools as this user.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 
 import anyio
 from mcp.server.stdio import stdio_server
 
+from flakebot.errors import ConfigError
 from flakebot.mcp_server.server import FlakebotMCP
 
 LOOPBACK = "127.0.0.1"
@@ -31,6 +33,7 @@ def is_loopback(host: str) -> bool:
 
 
 async def serve_stdio(app: FlakebotMCP) -> None:
+    app.default_sigterm = True
     server = app.server()
     async with stdio_server() as (read_stream, write_stream):
         await server.run(
@@ -51,9 +54,25 @@ async def serve_http(app: FlakebotMCP, host: str = LOOPBACK, port: int = 8765) -
             "it can build and run tools as this user",
             file=sys.stderr,
         )
-    print(f"flakebot mcp: listening on http://{host}:{port}{HTTP_PATH}", file=sys.stderr)
-    config = uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
-    await uvicorn.Server(config).serve()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+        listening.listen(128)
+    except OSError as exc:
+        listening.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="pick another --port (0: any free one)",
+        ) from None
+    bound = listening.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(
+        f"flakebot mcp: listening on http://{shown}:{bound}{HTTP_PATH}", file=sys.stderr, flush=True
+    )
+    config = uvicorn.Config(asgi, log_level="warning", lifespan="on")
+    await uvicorn.Server(config).serve(sockets=[listening])
 
 
 def serve(app: FlakebotMCP, transport: str, host: str = LOOPBACK, port: int = 8765) -> None:
