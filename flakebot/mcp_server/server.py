@@ -22,7 +22,6 @@ import math
 import os
 import signal
 import threading
-import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ log = structlog.get_logger()
 
 WATCH_INTERVAL_S = 2.0
 MAX_CANDIDATES = 8
+MAX_LEGACY_CONNECTIONS = 256
 
 BUILD_TOOL = types.Tool(
     name="build_tool",
@@ -147,10 +147,9 @@ class FlakebotMCP:
     default_sigterm: bool = False
     catalog: Catalog = field(init=False)
     bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
-    # handshake-era connections (held weakly: a closed one goes), each with a session to send on
-    _sessions: weakref.WeakKeyDictionary[object, ServerSession] = field(
-        default_factory=weakref.WeakKeyDictionary
-    )
+    # handshake-era connections, each with a session to send on; a closed one is dropped when
+    # a notification to it fails
+    _sessions: dict[object, ServerSession] = field(default_factory=dict)
     _signature: tuple[tuple[str, int], ...] = ()
     _ray: Flakebot | None = None
     _connecting: anyio.Lock = field(default_factory=anyio.Lock)
@@ -205,7 +204,10 @@ class FlakebotMCP:
             # notifications go on the connection's own channel, so any of them will do. The
             # SDK has no public handle on the connection to key them by.
             connection = getattr(ctx.session, "_connection", ctx.session)
-            self._sessions[connection] = ctx.session
+            self._sessions.pop(connection, None)
+            self._sessions[connection] = ctx.session  # the most recently heard from last
+            while len(self._sessions) > MAX_LEGACY_CONNECTIONS:  # closed ones may not say so
+                self._sessions.pop(next(iter(self._sessions)))
 
     # --- handlers ---------------------------------------------------------------------------
 
