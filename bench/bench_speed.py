@@ -14,7 +14,8 @@ run the floor is measured alone (flakebot.bench.floor: the winner's `cargo build
 a fresh target dir, in the sandbox, and its flake's `nix build --rebuild`), then the run is
 cleaned. Settings alternate within a repeat, so noise hits them alike.
 
-    .venv/bin/python -m bench.bench_speed [--repeats 3] [--summarize]
+    .venv/bin/python -m bench.bench_speed [--repeats 3] [--settings up,up3] [--out FILE]
+                                          [--summarize]
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def summarize(samples: dict[str, list[dict[str, float | None]]]) -> dict[str, di
         name: {key: _median([s[key] for s in rows]) for key in rows[0]}
         for name, rows in samples.items()
     }
+    if "up3" not in samples or "up" not in samples:
+        return summary
     paired = [
         float(three["seconds"] or 0) / float(one["seconds"] or 1)
         for three, one in zip(samples["up3"], samples["up"], strict=True)
@@ -136,14 +139,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     parser.add_argument("--summarize", action="store_true", help="only summarize --out again")
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help="which settings, e.g. up,up3 (default all)"
+    )
     options = parser.parse_args()
+    chosen = {name: SETTINGS[name] for name in options.settings.split(",")}
     if options.summarize:
         samples = json.loads(options.out.read_text())["samples"]
     else:
-        samples = {name: [] for name in SETTINGS}
+        samples = {name: [] for name in chosen}
         with tempfile.TemporaryDirectory(prefix="bench-speed-", dir="/var/tmp") as scratch:
             for repeat in range(options.repeats):
-                for name, (candidates, keep_up) in SETTINGS.items():
+                for name, (candidates, keep_up) in chosen.items():
                     home = Path(scratch) / f"{name}-{repeat}"
                     home.mkdir()
                     if keep_up:
