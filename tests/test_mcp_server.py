@@ -23,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 
 from flakebot.errors import ConfigError
 from flakebot.manifest import mcp_tool, parameters_schema
-from flakebot.mcp_server.calls import ToolCaller, schema_problems
+from flakebot.mcp_server.calls import MAX_INPUT_BYTES, ToolCaller, schema_problems
 from flakebot.mcp_server.catalog import Catalog, signature
 from flakebot.mcp_server.server import FlakebotMCP
 from flakebot.settings import Settings
@@ -153,6 +153,9 @@ def test_a_call_with_bad_arguments_is_a_tool_error_naming_them(home: Path) -> No
     assert result.is_error
     text = result.content[0].text  # type: ignore[union-attr]
     assert "not a path inside the call's directory" in text
+    big = "x" * (MAX_INPUT_BYTES // 2 + 1)
+    result = caller.call(shell_tool(home), {"args": [], "stdin": big, "files": {"b": big}})
+    assert result.is_error and "at most" in result.content[0].text  # type: ignore[union-attr]
     result = caller.call(shell_tool(home), {"args": [1, 2]})
     assert result.is_error and "args/0: 1 is not of type 'string'" in result.content[0].text  # type: ignore[union-attr]
 

@@ -26,6 +26,7 @@ from flakebot.tool_sandbox import ToolSandbox
 
 CALL_TIMEOUT_S = 60.0
 MAX_OUTPUT_CHARS = 100_000
+MAX_INPUT_BYTES = 64 * 1024 * 1024  # stdin and files of one call, written to the host's disk
 
 OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -91,6 +92,14 @@ class ToolCaller:
         problems = schema_problems(input_schema(tool), arguments)
         if problems:
             return invalid_arguments(tool.name, problems, f"; the manual is {tool.uri}")
+        given = len(arguments.get("stdin") or "") + sum(
+            len(text) for text in (arguments.get("files") or {}).values()
+        )
+        if given > MAX_INPUT_BYTES:
+            return tool_error(
+                f"the call's stdin and files are {given} characters; at most {MAX_INPUT_BYTES} "
+                "are taken: pass less data"
+            )
         try:
             if tool.manifest.tool_kind == "service":
                 return self._request(tool, arguments)
