@@ -80,6 +80,11 @@ def test_build_list_call_and_clean_a_tool_over_stdio(home: Path, tmp_path: Path)
             assert built.structured_content["tool"] == "hexview"
             assert progress[0].startswith("run run-") and progress[0].endswith("started")
             assert any(line.startswith("deploy") for line in progress), progress
+            # the attempts inside the coder: the untouched fork fails its acceptance tests
+            tried = [line for line in progress if line.startswith("test [c1-hexyl]: attempt")]
+            assert tried[0].startswith("test [c1-hexyl]: attempt 0: build passed, test failed")
+            assert tried[0].endswith("failing tests)"), tried
+            assert tried[-1].startswith("test [c1-hexyl]: attempt 1: build passed, test passed")
             assert "# hexview" in text(built) or "hexview" in text(built).splitlines()[0]
 
             tools = {tool.name: tool for tool in (await client.list_tools()).tools}

@@ -3,8 +3,9 @@
 Tools:
 - `build_tool(request, candidates?, timeout_s?)` runs the whole job through the actors (as
   `flakebot run` does) and returns the manifest: Markdown as text, the manifest as structured
-  content. Each run event goes to the caller as a progress notification. Cancelling the call
-  (notifications/cancelled, or closing the connection) stops the run and cleans what it made.
+  content. Each run event, and each test report a candidate's coder journals, goes to the caller
+  as a progress notification. Cancelling the call (notifications/cancelled, or closing the
+  connection) stops the run and cleans what it made.
 - one tool per live deployed run of this FLAKEBOT_HOME (flakebot.mcp_server.catalog), with the
   manifest's input schema; calling it runs the binary in the tool sandbox (calls.py).
 - `clean_tool(name)` cleans the run behind a tool, as `flakebot clean RUN` does.
@@ -31,6 +32,7 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 import structlog
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.session import ServerSession
@@ -47,6 +49,7 @@ from flakebot import __version__
 from flakebot.driver import Flakebot, new_run_id
 from flakebot.errors import FlakebotError, RunFailed
 from flakebot.janitor import Janitor
+from flakebot.journal import Entry, Journal
 from flakebot.manifest import to_markdown
 from flakebot.mcp_server.calls import (
     ToolCaller,
@@ -60,13 +63,14 @@ from flakebot.mcp_server.catalog import Catalog, DeployedTool, signature
 from flakebot.nix import Nix
 from flakebot.planner import looks_like_spec_file
 from flakebot.settings import Settings
-from messages import CleanupReport, CleanupRequest, RunEvent, ToolManifest
+from messages import CleanupReport, CleanupRequest, RunEvent, TestReport, ToolManifest
 
 log = structlog.get_logger()
 
 WATCH_INTERVAL_S = 2.0
 MAX_CANDIDATES = 8
 MAX_LEGACY_CONNECTIONS = 256
+ATTEMPT_POLL_S = 1.0  # how often a build's journal is read for its candidates' test reports
 
 BUILD_TOOL = types.Tool(
     name="build_tool",
@@ -126,6 +130,17 @@ def _text(text: str, structured: dict[str, Any] | None = None) -> types.CallTool
     )
 
 
+def _attempt_line(report: TestReport) -> str:
+    stages = ", ".join(f"{stage.stage} {stage.status}" for stage in report.stages)
+    found = []
+    if report.errors:
+        found.append(f"{len(report.errors)} compiler errors")
+    if report.failed_tests:
+        found.append(f"{len(report.failed_tests)} failing tests")
+    more = f" ({', '.join(found)})" if found else ""
+    return f"test [{report.candidate_id}]: attempt {report.attempt}: {stages}{more}"
+
+
 def _progress_line(event: RunEvent) -> str:
     where = f"{event.step}" + (f" [{event.candidate_id}]" if event.candidate_id else "")
     return f"{where}: {event.event}" + (f": {event.detail[:200]}" if event.detail else "")
@@ -154,6 +169,7 @@ class FlakebotMCP:
     _ray: Flakebot | None = None
     _connecting: anyio.Lock = field(default_factory=anyio.Lock)
     _caller: ToolCaller | None = None
+    _journal: Journal | None = None
 
     def __post_init__(self) -> None:
         self.catalog = Catalog([])
@@ -321,25 +337,31 @@ class FlakebotMCP:
                 if self.default_sigterm and threading.current_thread() is threading.main_thread():
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
         run_id = new_run_id()
-        send, receive = anyio.create_memory_object_stream[RunEvent](math.inf)
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        finished = anyio.Event()
 
         async def report() -> None:
             count = 0
             async with receive:
-                async for event in receive:
+                async for line in receive:
                     count += 1
-                    await ctx.session.report_progress(count, None, _progress_line(event))
+                    await ctx.session.report_progress(count, None, line)
+
+        def on_event(event: RunEvent) -> None:
+            send.send_nowait(_progress_line(event))
 
         await ctx.session.report_progress(0, None, f"run {run_id} started")
         outcome: ToolManifest | FlakebotError
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(report)
+                group.start_soon(self._attempts, run_id, send.clone(), finished)
                 try:
-                    outcome = await bot.abuild(request, on_event=send.send_nowait, run_id=run_id)
+                    outcome = await bot.abuild(request, on_event=on_event, run_id=run_id)
                 except FlakebotError as exc:
                     outcome = exc
                 finally:
+                    finished.set()
                     send.close()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
@@ -365,6 +387,29 @@ class FlakebotMCP:
             f"Built {manifest.name} (run {run_id}). {called}{to_markdown(manifest)}",
             {"tool": tool.name if tool else None, "manifest": manifest.model_dump(mode="json")},
         )
+
+    async def _attempts(
+        self, run_id: str, send: MemoryObjectSendStream[str], finished: anyio.Event
+    ) -> None:
+        """Each test report a candidate's coder adds to the journal, as a progress line: the run
+        events alone say nothing between a candidate's start and its result."""
+        seen = 0
+        async with send:
+            while True:
+                with anyio.move_on_after(ATTEMPT_POLL_S):
+                    await finished.wait()
+                entries = await anyio.to_thread.run_sync(self._entries, run_id, seen)
+                for entry in entries:
+                    seen = entry.seq + 1
+                    if isinstance(entry.message, TestReport):
+                        send.send_nowait(_attempt_line(entry.message))
+                if finished.is_set():
+                    return
+
+    def _entries(self, run_id: str, since: int) -> list[Entry]:
+        if self._journal is None:
+            self._journal = Journal(self.settings.journal_path)
+        return self._journal.entries(run_id, since=since)
 
     async def clean_tool(self, arguments: dict[str, Any]) -> types.CallToolResult:
         problems = schema_problems(CLEAN_TOOL.input_schema, arguments)
@@ -396,6 +441,9 @@ class FlakebotMCP:
     # --- the MCP server ---------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         if self._ray is not None:
             self._ray.close()
             self._ray = None
