@@ -23,6 +23,7 @@ from messages import (
     CrateSource,
     Deployment,
     Provenance,
+    ServiceProbe,
     ToolManifest,
     ToolSpec,
     WorkedExample,
@@ -59,18 +60,16 @@ def parameters_schema(spec: ToolSpec) -> dict[str, JsonValue]:
 
 
 def request_schema(spec: ToolSpec) -> dict[str, JsonValue]:
-    """One HTTP request to a deployed service (as its probes are): method, path and body."""
+    """One HTTP request to a deployed service, shaped as its probes are (messages.ServiceProbe):
+    method, path and body."""
+    probe = ServiceProbe.model_json_schema()["properties"]
     return {
         "type": "object",
         "properties": {
-            "method": {
-                "type": "string",
-                "enum": ["GET", "POST", "PUT", "DELETE", "HEAD"],
-                "default": "GET",
-            },
+            "method": {key: probe["method"][key] for key in ("type", "enum", "default")},
             "path": {
                 "type": "string",
-                "pattern": r"^/[^\s]*$",
+                "pattern": probe["path"]["pattern"],
                 "description": f"The path to request from {spec.name}, from '/'.",
             },
             "body": {"type": "string", "description": "The request body."},
