@@ -378,8 +378,9 @@ class FlakebotMCP:
         manifest = outcome
         await self._refresh_and_tell()
         tool = self.catalog.by_run(run_id)
+        shape = '{"path": "/..."}' if manifest.tool_kind == "service" else '{"args": [...]}'
         called = (
-            f'It is listed as the MCP tool `{tool.name}`; call it with {{"args": [...]}}.\n\n'
+            f"It is listed as the MCP tool `{tool.name}`; call it with {shape}.\n\n"
             if tool is not None
             else ""
         )
