@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -68,6 +69,7 @@ CLUSTER_ENV = ("FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL", "FLAKEBOT_FORBID_REAL_M
 SUPERVISOR_MARGIN_S = 120.0
 CANCEL_WAIT_S = 30.0  # how long a killed supervisor may take to let go of its run
 STEPS = get_args(Step)
+SPEC_PATH = re.compile(r"^\S+\.(?:ya?ml|json)$")  # a request that is only a spec file's path
 
 
 def _present_token(env: dict[str, str]) -> None:
@@ -173,6 +175,11 @@ class Flakebot:
         text = str(request)
         if not text.strip():
             raise ConfigError("the request is empty", hint='describe the tool: "a hex viewer"')
+        if SPEC_PATH.match(text):  # one word naming a spec file that is not there: a typo
+            raise ConfigError(
+                f"there is no spec file {text!r}",
+                hint="check the path, or describe the tool in words",
+            )
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

@@ -57,6 +57,14 @@ def test_run_free_text_without_a_model_stops_before_starting_ray(cli: Cli) -> No
     assert "Ray" not in result.stderr  # refused before any cluster started
 
 
+def test_run_with_a_spec_file_that_is_not_there_says_so(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "hexveiw.yaml"  # a typo: not a description for the model to plan
+    result = cli("run", str(missing), "--model", "scripted:examples/hexview-script.yaml")
+    assert result.code == 2
+    assert f"there is no spec file '{missing}'" in result.stderr
+    assert "Ray" not in result.stderr  # refused before any cluster started
+
+
 def test_run_with_a_bad_spec_file_names_the_field(cli: Cli, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: Bad Name\nsummary: s\nsearch_queries: [x]\n")
