@@ -3,10 +3,12 @@
 The run's home is the node of the supervisor: the planner, the scout, the run's store (its
 journal and the forks handed over: flakebot.run_store) and every deploy run there. Each candidate
 gets a tester (holding one of its node's cargo slots) and a coder on the tester's node. When a
-candidate ends, however it ends, its actors are killed: the cargo slot goes back to the node,
-and bubblewrap's --die-with-parent takes the cargo processes with them. The winner's coder lives
-on until the deploy, so a revision keeps its model and memory (a new pair if it is gone). A
-candidate whose node dies is developed again on another node, from the fork it handed over.
+candidate ends, however it ends, its actors are ended: the coder killed, the tester's cargo
+programs killed and waited out (so a candidate's build is gone when its end returns, not when Ray
+gets round to it), then the tester killed, which gives the cargo slot back to the node; were the
+tester unreachable, bubblewrap's --die-with-parent takes its programs along. The winner's coder
+lives on until the deploy, so a revision keeps its model and memory (a new pair if it is gone).
+A candidate whose node dies is developed again on another node, from the fork it handed over.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from messages import (
 
 log = structlog.get_logger()
 NODE_DEATH_WAIT_S = 60.0  # Ray's health checks declare a lost node dead within about 30 s
+STOP_PROGRAMS_S = 15.0  # a tester's killed programs exit within this (TesterActor.stop_programs)
 
 
 def _kill_pair(task: asyncio.Task[_Pair]) -> None:
@@ -96,10 +99,24 @@ class _Pair:
     node_id: str
 
 
+async def _end_pairs(pairs: list[_Pair]) -> None:
+    """End these coders and testers: the coders first (so that no test starts), then every
+    tester's running programs, waited out (at most STOP_PROGRAMS_S), then the testers."""
+    for pair in pairs:
+        ray.kill(pair.coder, no_restart=True)
+    stopping = [pair.tester.stop_programs.remote() for pair in pairs]
+    try:
+        await asyncio.wait_for(asyncio.gather(*stopping, return_exceptions=True), STOP_PROGRAMS_S)
+    except TimeoutError:
+        log.warning("tester_programs_not_stopped", testers=len(pairs))
+    for pair in pairs:
+        ray.kill(pair.tester, no_restart=True)
+
+
 @dataclass
 class _Candidate:
     node_id: str | None = None
-    actors: list[Handle] = field(default_factory=list)
+    pairs: list[_Pair] = field(default_factory=list)
     coder: Handle | None = None
 
 
@@ -257,7 +274,7 @@ class RayRoles:
         pair = await self._take_warm() if node_id is None else None
         if pair is None:
             pair = await self._pair(node_id, candidate_id)
-        known.actors += [pair.tester, pair.coder]
+        known.pairs.append(pair)
         known.node_id = pair.node_id
         known.coder = pair.coder
         return pair.coder
@@ -365,10 +382,9 @@ class RayRoles:
         known = self.candidates.get(candidate_id)
         if known is None:
             return
-        for actor in known.actors:
-            ray.kill(actor, no_restart=True)
-        known.actors.clear()
+        pairs, known.pairs = known.pairs, []
         known.coder = None
+        await _end_pairs(pairs)
 
     async def clean(self, request: CleanupRequest) -> CleanupReport:
         """Clean on every live node that holds part of it: a candidate's node (its fork, its
@@ -394,9 +410,10 @@ class RayRoles:
     def shutdown(self) -> None:
         self._trim_warm(0)
         for known in self.candidates.values():
-            for actor in known.actors:
-                ray.kill(actor, no_restart=True)
-            known.actors.clear()
+            for pair in known.pairs:
+                ray.kill(pair.coder, no_restart=True)
+                ray.kill(pair.tester, no_restart=True)
+            known.pairs.clear()
         for actor in (self.planner, self.scout_actor, self.budget, self.store):
             if actor is not None:
                 ray.kill(actor, no_restart=True)

@@ -25,6 +25,7 @@ from flakebot.crates.fetch import dependency_dir
 from flakebot.errors import BudgetExceeded, RoleLost
 from flakebot.logs import bind_context
 from flakebot.models import Budget, Usage
+from flakebot.proc import stop_running
 from flakebot.roles import DeployerRole, DeveloperRole, JanitorRole, PlannerRole, ScoutRole
 from flakebot.sandbox import Sandbox, Toolchain
 from flakebot.settings import ModelRef, Settings
@@ -90,6 +91,12 @@ class TesterActor:
 
     def node_id(self) -> str:
         return str(ray.get_runtime_context().get_node_id())
+
+    async def stop_programs(self) -> int:
+        """Kill the cargo programs this tester runs, with all they started, wait until they
+        have exited, and start no more (flakebot.proc.stop_running); how many there were. Its
+        candidate is ending, and this actor with it."""
+        return await asyncio.to_thread(stop_running, for_good=True)
 
     async def test(
         self,

@@ -47,10 +47,10 @@ from flakebot.prebuild import (
     stop_runner,
     tree_manifests,
 )
+from flakebot.proc import start_time
 from flakebot.runstate import RunRecord, all_runs
 from flakebot.sandbox import Toolchain
 from flakebot.service_host import ServiceJob
-from flakebot.services import start_time
 from flakebot.settings import Settings
 from messages import Deployment, RegistryRef, ServiceInstance, ToolSpec, Workspace
 

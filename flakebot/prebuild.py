@@ -52,8 +52,8 @@ from flakebot.errors import FlakebotError
 from flakebot.home import check_id, private_umask, write_private
 from flakebot.logs import bind_context, configure_logging
 from flakebot.nix import BuildProcess, Nix
+from flakebot.proc import start_time
 from flakebot.runstate import RunRecord, all_runs
-from flakebot.services import start_time
 
 log = structlog.get_logger()
 

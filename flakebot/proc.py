@@ -2,7 +2,10 @@
 
 Every program Flakebot runs (cargo, nix, bwrap, git helpers) goes through `run`. It starts the
 child in its own session so that a timeout kills every process the child started; errors carry
-only the tail of the output.
+only the tail of the output. `stop_running` ends, and waits out, every program `run` has running
+in this process, with everything they started: a candidate's tester is stopped so before its
+actor is killed, so that its build is gone when its candidate's end returns (killing the actor
+alone takes its sandboxes along only once Ray gets round to it, seconds later on a busy machine).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,9 +23,12 @@ from pathlib import Path
 
 import structlog
 
-from flakebot.errors import CommandFailed, CommandTimedOut, ToolMissing
+from flakebot.errors import CommandFailed, CommandTimedOut, RoleLost, ToolMissing
 
 log = structlog.get_logger()
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+_ending = threading.Event()  # stop_running(for_good=True): this process starts no more programs
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,9 @@ def run(
     `pass_fds` stay open in the child (bubblewrap reads data for the sandbox from them)."""
     args = [str(part) for part in argv]
     started = time.monotonic()
+    with _running_lock:
+        if _ending.is_set():
+            raise RoleLost(f"{args[0]} was not started: this process is ending")
     try:
         child = subprocess.Popen(
             args,
@@ -88,6 +98,10 @@ def run(
         )
     except FileNotFoundError as exc:
         raise ToolMissing(args[0], hint="install it, or put it on PATH") from exc
+    with _running_lock:
+        _running.add(child)
+        if _ending.is_set():  # stop_running came while it started
+            _kill_group(child)
     try:
         stdout, stderr = child.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -99,6 +113,9 @@ def run(
         _kill_group(child)
         child.communicate()
         raise
+    finally:
+        with _running_lock:
+            _running.discard(child)
     return Completed(
         argv=args,
         returncode=child.returncode,
@@ -111,3 +128,66 @@ def run(
 def _kill_group(child: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(child.pid, signal.SIGKILL)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; None if it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped
+        return None
+    return int(fields[19])  # field 22 of the whole line: starttime
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children first), as /proc shows them: those in a
+    sandbox's own pid namespace too."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            pending += children
+    return found
+
+
+def stop_running(timeout: float = 10.0, *, for_good: bool = False) -> int:
+    """Kill every program `run` has running in this process, and all they started, and wait
+    (at most `timeout` seconds) until each has exited; how many were running. Their `run`
+    calls then end as a killed program does. `for_good`: the process is ending, and `run`
+    starts nothing after (RoleLost)."""
+    with _running_lock:
+        if for_good:
+            _ending.set()
+        children = list(_running)
+    doomed: dict[int, int] = {}
+    for child in children:
+        for pid in [child.pid, *descendants(child.pid)]:
+            started = start_time(pid)
+            if started is not None:
+                doomed[pid] = started
+        _kill_group(child)
+    for pid in doomed:  # those in sessions of their own too (bwrap --new-session)
+        if start_time(pid) == doomed[pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(start_time(pid) != started for pid, started in doomed.items()):
+            break
+        time.sleep(0.02)
+    else:
+        log.warning("programs_not_stopped", pids=sorted(doomed)[:10])
+    return len(children)

@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 
 from flakebot.errors import DeployError
-from flakebot.proc import run
+from flakebot.proc import run, start_time
 from flakebot.service_host import PROGRAM, ServiceJob
 
 log = structlog.get_logger()
@@ -41,18 +41,6 @@ class ServiceProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot; None if it is gone (or a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # exited, not yet reaped
-        return None
-    return int(fields[19])  # field 22 of the whole line: starttime
 
 
 def is_service_host(pid: int, started: int, *, program: str = PROGRAM) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flakebot import acceptance, services
+from flakebot import acceptance
 from flakebot.coder import CodeLoop, LocalTestRunner
 from flakebot.crates.index import CrateIndex
 from flakebot.deployer import Deployer
@@ -25,6 +25,7 @@ from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.models import Budget, ScriptedModel, Transcript
 from flakebot.models.scripted import Script
+from flakebot.proc import start_time
 from flakebot.roles import DeployerRole
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import PASSWD, Sandbox, Toolchain
@@ -339,14 +340,14 @@ def test_a_service_listening_on_every_interface_fails_its_deploy(
     assert "listens on 0.0.0.0:" in caught.value.message
     assert "127.0.0.1 only" in caught.value.message
     (service,) = RunRecord(settings.home, "wide1").items("service")
-    assert service.pid is not None and services.start_time(service.pid) is None  # stopped
+    assert service.pid is not None and start_time(service.pid) is None  # stopped
     Janitor(settings).clean(CleanupRequest(run_id="wide1"))
 
 
 def test_clean_leaves_a_process_that_reuses_a_recorded_pid_alone(settings: Settings) -> None:
     bystander = subprocess.Popen(["sleep", "60"])
     try:
-        started = services.start_time(bystander.pid)
+        started = start_time(bystander.pid)
         assert started is not None
         record = RunRecord(settings.home, "pids")
         # Recorded for a service that has since gone: same pid, another start time ...

@@ -21,10 +21,9 @@ from flakebot.flake_template import render_flake
 from flakebot.fork import Forker
 from flakebot.janitor import Janitor
 from flakebot.nix import Nix
-from flakebot.proc import run
+from flakebot.proc import run, start_time
 from flakebot.runstate import RunRecord
 from flakebot.sandbox import Sandbox, Toolchain
-from flakebot.services import start_time
 from flakebot.settings import Settings
 from flakebot.tool_sandbox import ToolSandbox
 from messages import (

@@ -67,3 +67,21 @@ def test_missing_program_is_tool_missing() -> None:
     with pytest.raises(ToolMissing) as caught:
         which("no-such-program-xyz", path="/nonexistent", hint="apt-get install it")
     assert caught.value.hint == "apt-get install it"
+
+
+def test_a_process_stopped_for_good_starts_no_more_programs() -> None:
+    # A tester whose candidate is ending must not start a test that was already on its way.
+    # The flag is process-wide, so it is tried in a process of its own.
+    script = (
+        "from flakebot.errors import RoleLost\n"
+        "from flakebot.proc import run, stop_running\n"
+        "assert run(['true'], timeout=10).ok\n"
+        "assert stop_running(for_good=True) == 0\n"
+        "try:\n"
+        "    run(['true'], timeout=10)\n"
+        "except RoleLost as exc:\n"
+        "    print(exc.message)\n"
+    )
+    done = run([sys.executable, "-c", script], timeout=60)
+    assert done.ok, done.stderr
+    assert done.stdout.strip() == "true was not started: this process is ending"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from flakebot.errors import CommandTimedOut, ConfigError
 from flakebot.priority import launcher, session_nice
+from flakebot.proc import Completed, stop_running
 from flakebot.sandbox import Sandbox, Toolchain
 
 
@@ -76,6 +78,49 @@ def test_timeout_kills_everything_inside(sandbox: Sandbox, tmp_path: Path) -> No
         time.sleep(0.1)
     else:
         pytest.fail("a sandboxed process outlived its timeout")
+
+
+@pytest.mark.parametrize("confined", [True, False], ids=["sandboxed", "unsandboxed"])
+def test_stopping_running_programs_leaves_nothing_inside_when_it_returns(
+    sandbox: Sandbox, tmp_path: Path, confined: bool
+) -> None:
+    # What a candidate's end does to its tester: the processes are gone (not merely doomed) the
+    # moment stop_running returns, a grandchild in a session of its own too (outside a
+    # sandbox, nothing else would take that one along).
+    if not confined:
+        sandbox = Sandbox(sandbox.toolchain, enabled=False)
+    marker = f"{time.time_ns() % 10_000}.321"
+    ended: list[Completed] = []
+    running = threading.Thread(
+        target=lambda: ended.append(
+            sandbox.run(
+                ["sh", "-c", f"setsid sleep {marker} & sleep {marker}"],
+                workdir=tmp_path,
+                target_dir=tmp_path / "t",
+                timeout=120,
+            )
+        )
+    )
+    running.start()
+    for _ in range(100):
+        if (
+            subprocess.run(
+                ["pgrep", "-f", f"^setsid sleep {marker}|^sleep {marker}"],
+                capture_output=True,
+                check=False,
+            ).stdout.count(b"\n")
+            >= 2
+        ):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the sandbox did not start")
+    assert stop_running() == 1
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, check=False)
+    assert found.returncode == 1, found.stdout  # at once: no waiting here
+    running.join(timeout=30)
+    assert ended and ended[0].returncode < 0  # its run ends as a killed program's
+    assert stop_running() == 0
 
 
 def test_memory_limit_applies(tmp_path: Path) -> None:
