@@ -5,8 +5,13 @@ Each repeat runs the demo as a user does, `flakebot run` as a process, in a fres
 deleted from the store first, so cargo and Nix build everything again. Three settings:
 
 - `cold`: one candidate, Ray started by the run (no `flakebot up`);
-- `up`: one candidate, on a cluster `flakebot up` keeps running for that home;
-- `up3`: three candidates, on the cluster kept up.
+- `up`: one candidate, on a cluster `flakebot up` keeps running for that home, with its pool of
+  started workers (flakebot.worker_pool);
+- `up3`: three candidates, on the cluster kept up;
+- `up-nopool`, `up3-nopool`: the same on a cluster kept up without a pool (`--warm-workers 0`).
+
+On a cluster with a pool, each run starts once the pool is full, and the floor is measured once
+it is full again (its keeper refills it right after a run: that is not the floor's work).
 
 For each run: its wall time from the process start to its exit, and when its first cargo command
 started (the first sandboxed `cargo build` of that home: /proc is polled every 20 ms). After each
@@ -30,15 +35,35 @@ import tempfile
 import time
 from pathlib import Path
 
+from flakebot import cluster
 from flakebot.bench.floor import FloorMeter
 from flakebot.bench.timeline import read_journal
 from flakebot.settings import Settings
+from flakebot.worker_pool import wait_full
 from messages import Deployment, Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEMO = ["examples/hexview.yaml", "--model", "scripted:examples/hexview-script.yaml"]
-SETTINGS = {"cold": (1, False), "up": (1, True), "up3": (3, True)}
+# name: (candidates, kept up, warm workers)
+SETTINGS = {
+    "cold": (1, False, 0),
+    "up": (1, True, 12),
+    "up3": (3, True, 12),
+    "up-nopool": (1, True, 0),
+    "up3-nopool": (3, True, 0),
+}
+POOL_WAIT_S = 120.0
+
+
+def wait_for_pool(home: Path) -> None:
+    """Until the cluster kept up for `home` has its pool of started workers full again."""
+    up = cluster.running(home)
+    if up is None or not up.warm_workers:
+        return
+    raylet = up.raylet()
+    assert raylet is not None, "the kept cluster's raylet is not found"
+    assert wait_full(raylet, up.warm_workers, POOL_WAIT_S), "the worker pool did not fill"
 
 
 def flakebot(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -97,6 +122,7 @@ def one_run(home: Path, candidates: int) -> dict[str, float | None]:
         if m["kind"] == "workspace" and m["candidate_id"] == deployment.candidate_id
     )
     settings = Settings.from_env(os.environ | {"FLAKEBOT_HOME": str(home)})
+    wait_for_pool(home)
     floor = FloorMeter.here(settings).measure(workspace, deployment)
     cleaned = flakebot(home, "clean", run_id)
     assert cleaned.returncode == 0, cleaned.stderr
@@ -115,22 +141,24 @@ def _median(values: list[float | None]) -> float:
 
 
 def summarize(samples: dict[str, list[dict[str, float | None]]]) -> dict[str, dict[str, float]]:
-    """Medians per setting, and three candidates over one: the ratio of the medians and the
-    median of the ratios within each repeat (the settings alternate, so noise hits a pair alike)."""
+    """Medians per setting, and three candidates over one (and the pool against none): the ratio
+    of the medians and the median of the ratios within each repeat (the settings alternate, so
+    noise hits a pair alike)."""
     summary: dict[str, dict[str, float]] = {
         name: {key: _median([s[key] for s in rows]) for key in rows[0]}
         for name, rows in samples.items()
     }
-    if "up3" not in samples or "up" not in samples:
-        return summary
-    paired = [
-        float(three["seconds"] or 0) / float(one["seconds"] or 1)
-        for three, one in zip(samples["up3"], samples["up"], strict=True)
-    ]
-    summary["up3_over_up"] = {
-        "ratio_of_medians": round(summary["up3"]["seconds"] / summary["up"]["seconds"], 3),
-        "median_of_paired_ratios": round(statistics.median(paired), 3),
-    }
+    for three, one in (("up3", "up"), ("up3-nopool", "up-nopool"), ("up", "up-nopool")):
+        if three not in samples or one not in samples:
+            continue
+        paired = [
+            float(a["seconds"] or 0) / float(b["seconds"] or 1)
+            for a, b in zip(samples[three], samples[one], strict=True)
+        ]
+        summary[f"{three}_over_{one}"] = {
+            "ratio_of_medians": round(summary[three]["seconds"] / summary[one]["seconds"], 3),
+            "median_of_paired_ratios": round(statistics.median(paired), 3),
+        }
     return summary
 
 
@@ -140,7 +168,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     parser.add_argument("--summarize", action="store_true", help="only summarize --out again")
     parser.add_argument(
-        "--settings", default=",".join(SETTINGS), help="which settings, e.g. up,up3 (default all)"
+        "--settings", default="cold,up,up3", help="which settings, e.g. up,up3 (default: these)"
     )
     options = parser.parse_args()
     chosen = {name: SETTINGS[name] for name in options.settings.split(",")}
@@ -150,11 +178,12 @@ def main() -> None:
         samples = {name: [] for name in chosen}
         with tempfile.TemporaryDirectory(prefix="bench-speed-", dir="/var/tmp") as scratch:
             for repeat in range(options.repeats):
-                for name, (candidates, keep_up) in chosen.items():
+                for name, (candidates, keep_up, warm) in chosen.items():
                     home = Path(scratch) / f"{name}-{repeat}"
                     home.mkdir()
                     if keep_up:
-                        assert flakebot(home, "up").returncode == 0
+                        assert flakebot(home, "up", "--warm-workers", str(warm)).returncode == 0
+                        wait_for_pool(home)
                     try:
                         sample = one_run(home, candidates)
                     finally:

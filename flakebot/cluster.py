@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flakebot.errors import ConfigError
@@ -34,6 +34,10 @@ from flakebot.home import write_private
 RECORD = "cluster.json"
 KEYS = ("GROQ_API_KEY", "GROQ_API_KEY_FILE")  # never in a cluster's environment
 MARKER = "FLAKEBOT_LOCAL_CLUSTER"
+# The settings a run's job carries to a cluster's actors (flakebot.driver), as a runtime
+# environment; on a kept cluster only those that differ from what it was started with.
+JOB_ENV = ("FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL", "FLAKEBOT_FORBID_REAL_MODELS",
+           "FLAKEBOT_LEASE_TTL")  # fmt: skip
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
@@ -47,6 +51,13 @@ class LocalCluster:
     token_path: str
     marker: str
     cores: int
+    warm_workers: int = 0  # idle Ray workers kept started between runs (flakebot.worker_pool)
+    env: dict[str, str] = field(default_factory=dict)  # its JOB_ENV settings
+
+    def job_env(self, wanted: dict[str, str]) -> dict[str, str]:
+        """Of the settings a run carries, those its processes do not already have: with none,
+        a run passes no runtime environment, and its actors may take the pool's workers."""
+        return {name: value for name, value in wanted.items() if self.env.get(name) != value}
 
     def client_env(self) -> dict[str, str]:
         """What a driver needs in its environment to join it."""
@@ -59,6 +70,17 @@ class LocalCluster:
                 return True
         except (OSError, ValueError):
             return False
+
+    def raylet(self) -> int | None:
+        """The pid of its raylet (on this machine)."""
+        for pid in self.processes():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if command.endswith(b"/raylet"):
+                return pid
+        return None
 
     def processes(self) -> list[int]:
         """Every process of this cluster on this machine."""
@@ -115,8 +137,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start(home: Path, *, cores: int | None = None) -> LocalCluster:
-    """`flakebot up`: start the cluster for `home`, or return the one already up."""
+def start(home: Path, *, cores: int | None = None, warm_workers: int = 0) -> LocalCluster:
+    """`flakebot up`: start the cluster for `home`, or return the one already up. Its pool of
+    `warm_workers` is the caller's to start (flakebot.driver.keep_workers)."""
     already = running(home)
     if already is not None:
         return already
@@ -131,6 +154,8 @@ def start(home: Path, *, cores: int | None = None) -> LocalCluster:
         token_path=str(token_path),
         marker=secrets.token_hex(8),
         cores=cores,
+        warm_workers=warm_workers,
+        env={name: os.environ[name] for name in JOB_ENV if name in os.environ},
     )
     ray = Path(sys.executable).with_name("ray")
     argv = [
@@ -140,6 +165,8 @@ def start(home: Path, *, cores: int | None = None) -> LocalCluster:
         f"--num-cpus={cores}", f'--resources={{"cargo": {cores}}}',
         f"--temp-dir={temp_dir}",
     ]  # fmt: skip
+    if warm_workers:  # kept idle beyond the node's CPUs (prestarted ones, and any a run left)
+        argv.append(f"--system-config={json.dumps({'num_workers_soft_limit': warm_workers})}")
     env = {name: value for name, value in os.environ.items() if name not in KEYS}
     env |= cluster.client_env() | {"FLAKEBOT_HOME": str(home), MARKER: cluster.marker}
     env.pop("RAY_ADDRESS", None)

@@ -34,6 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors.roles import Handle, answer
 from actors.secrets import hand_over
 from actors.supervisor import SupervisorActor
+from actors.worker_pool import start_keeper
 from flakebot import cluster as local_cluster
 from flakebot.doctor import require_ready
 from flakebot.errors import ConfigError, FlakebotError, RunFailed
@@ -64,8 +65,6 @@ log = structlog.get_logger()
 Request = str | Path | ToolSpec
 PASSED_ENV = ("FLAKEBOT_HOME", "FLAKEBOT_REGISTRY", "FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL",
               "FLAKEBOT_FORBID_REAL_MODELS", "FLAKEBOT_LEASE_TTL", "PATH", "HOME")  # fmt: skip
-CLUSTER_ENV = ("FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL", "FLAKEBOT_FORBID_REAL_MODELS",
-               "FLAKEBOT_LEASE_TTL")  # fmt: skip
 SUPERVISOR_MARGIN_S = 120.0
 CANCEL_WAIT_S = 30.0  # how long a killed supervisor may take to let go of its run
 STEPS = get_args(Step)
@@ -131,8 +130,10 @@ class Flakebot:
         if up is not None:  # `flakebot up` for this home: join it, its nodes share the home
             _present_token(up.client_env())
             address = up.address
-        names = CLUSTER_ENV if address else PASSED_ENV
+        names = local_cluster.JOB_ENV if address else PASSED_ENV
         env = {name: os.environ[name] for name in names if name in os.environ}
+        if up is not None:
+            env = up.job_env(env)
         if not address:
             env["FLAKEBOT_HOME"] = str(self.settings.home)
             env["GROQ_API_KEY"] = env["GROQ_API_KEY_FILE"] = ""  # handed over: actors.secrets
@@ -367,3 +368,19 @@ class Flakebot:
             return list(await asyncio.gather(*(one(request) for request in requests)))
 
         return asyncio.run(all_of())
+
+
+def keep_workers(
+    settings: Settings, size: int, batch: int, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Start the worker pool's keeper (flakebot.worker_pool) on the cluster `flakebot up` keeps
+    for this home; its state once it answers."""
+    bot = Flakebot(settings=settings)
+    bot.connect()
+    try:
+        state: dict[str, Any] = ray.get(
+            start_keeper(settings.home, size, batch).state.remote(), timeout=timeout
+        )
+        return state
+    finally:
+        bot.close()

@@ -142,24 +142,30 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])  # field 22 of the whole line: starttime
 
 
+def children(pid: int) -> list[int]:
+    """The live children of `pid`, whichever of its threads started them."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (children first), as /proc shows them: those in a
     sandbox's own pid namespace too."""
     found: list[int] = []
     pending = [pid]
     while pending:
-        parent = pending.pop()
-        try:
-            tasks = list(Path(f"/proc/{parent}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                children = [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            pending += children
+        below = children(pending.pop())
+        found += below
+        pending += below
     return found
 
 

@@ -60,11 +60,11 @@ def test_bench_of_two_tasks_on_a_cluster_kept_up(cli: Cli, home: Path, tmp_path:
     make_todohex(registry, build_s=0)
     suite_file = suite(tmp_path)
     out = tmp_path / "out"
-    started = cli("up", "--cores", "2", env={"GROQ_API_KEY": KEY})
+    started = cli("up", "--cores", "2", "--warm-workers", "4", env={"GROQ_API_KEY": KEY})
     assert started.code == 0, started.stderr
     up = cluster.running(home)
     try:
-        assert up is not None and "(2 cores)" in started.stdout
+        assert up is not None and "(2 cores, 4 workers kept started)" in started.stdout
         processes = up.processes()
         assert processes, "the cluster's processes are found"
         for pid in processes:  # the key of the shell that started it is not in its environment
