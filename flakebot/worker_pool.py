@@ -33,7 +33,9 @@ WARM_WORKERS = 12  # a three-candidate run from free text: 4 run-wide, 6 candida
 CHECK_S = 1.0  # how often the keeper looks at the pool
 APPEAR_S = 10.0  # how long workers asked for may take to show up before it asks again
 IDLE = b"ray::IDLE"
-STARTING = b"default_worker.py"  # a worker before it names itself
+# A worker before it names itself: `python setup_worker.py default_worker.py ...` (the raylet's
+# own command line names them too, but in a later argument)
+STARTING = (b"/setup_worker.py", b"/default_worker.py")
 
 
 def idle_workers(raylet_pid: int) -> list[int]:
@@ -41,10 +43,10 @@ def idle_workers(raylet_pid: int) -> list[int]:
     found = []
     for pid in children(raylet_pid):
         try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if command.startswith(IDLE) or STARTING in command:
+        if argv[0].startswith(IDLE) or any(arg.endswith(STARTING) for arg in argv[1:3]):
             found.append(pid)
     return found
 

@@ -41,15 +41,19 @@ def start_idle(spawned: list[subprocess.Popen[bytes]], count: int) -> None:
 
 
 def test_idle_workers_are_children_named_idle_or_still_starting(
-    spawned: list[subprocess.Popen[bytes]],
+    spawned: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
+    already = set(idle_workers(os.getpid()))  # none, unless this process has a pool of its own
     start_idle(spawned, 2)
-    starting = [sys.executable, "-c", "import time; time.sleep(60)", "default_worker.py"]
-    spawned.append(subprocess.Popen(starting))
+    script = tmp_path / "default_worker.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    spawned.append(subprocess.Popen([sys.executable, str(script), "--node-ip-address=x"]))
     spawned.append(subprocess.Popen(["ray::CoderActor.develop", "60"], executable=SLEEP))
-    time.sleep(0.3)  # the starting one is past its exec
-    found = idle_workers(os.getpid())
-    assert sorted(found) == sorted(child.pid for child in spawned[:3])
+    raylet = ["/x/raylet", "-c", "import time; time.sleep(60)",
+              f"--python_worker_command=python /x/setup_worker.py {script}"]  # fmt: skip
+    spawned.append(subprocess.Popen(raylet, executable=sys.executable))  # names it, is not one
+    found = set(idle_workers(os.getpid())) - already
+    assert found == {child.pid for child in spawned[:3]}
     assert idle_workers(2**22 + 7) == []  # no such process
 
 
@@ -62,26 +66,31 @@ def test_the_keeper_tops_up_in_batches_and_never_during_a_run(
         asked.append(count)
         start_idle(spawned, count)
 
-    keeper = PoolKeeper(tmp_path, size=5, batch=2, raylet_pid=os.getpid(), prestart=prestart)
+    already = len(idle_workers(os.getpid()))
+    keeper = PoolKeeper(
+        tmp_path, size=already + 5, batch=2, raylet_pid=os.getpid(), prestart=prestart
+    )
     start_idle(spawned, 1)
     record = RunRecord(tmp_path, "run-20261206-000000-aaaaaa")
     with record.active():  # a run in progress: nothing is started beside it
         assert keeper.top_up() == 0 and asked == []
     assert [keeper.top_up() for _ in range(3)] == [2, 2, 0]
-    assert asked == [2, 2] and len(idle_workers(os.getpid())) == 5
+    assert asked == [2, 2] and len(idle_workers(os.getpid())) == already + 5
     spawned[0].kill()  # a run took one
     spawned[0].wait()
-    assert keeper.top_up() == 1 and len(idle_workers(os.getpid())) == 5
+    assert keeper.top_up() == 1 and len(idle_workers(os.getpid())) == already + 5
 
 
 def test_a_keeper_whose_call_fails_stops_and_says_why(tmp_path: Path) -> None:
     def prestart(count: int) -> None:
         raise RuntimeError("PrestartWorkers: method not found")
 
-    keeper = PoolKeeper(tmp_path, size=1, batch=1, raylet_pid=os.getpid(), prestart=prestart)
-    thread = threading.Thread(target=keeper.keep)
+    size = len(idle_workers(os.getpid())) + 1
+    keeper = PoolKeeper(tmp_path, size=size, batch=1, raylet_pid=os.getpid(), prestart=prestart)
+    thread = threading.Thread(target=keeper.keep, daemon=True)
     thread.start()
     thread.join(timeout=10)
+    keeper.stopped.set()
     assert not thread.is_alive()
     assert keeper.failure == "RuntimeError: PrestartWorkers: method not found"
 

@@ -3,6 +3,7 @@ cluster kept running between runs: flakebot.cluster)."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -109,7 +110,9 @@ def up(
 
         with err.status("starting the worker pool..."):
             try:
-                keep_workers(settings, running.warm_workers, batch=running.cores)
+                # Ray starts at most min(CPUs declared, CPUs here) workers at once
+                batch = min(running.cores, os.cpu_count() or 1)
+                keep_workers(settings, running.warm_workers, batch=batch)
                 pool = f", {running.warm_workers} workers kept started"
             except Exception as exc:  # the cluster works without it: runs start their own
                 err.print(f"warning: no worker pool: {type(exc).__name__}: {exc}"[:300])
