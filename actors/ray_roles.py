@@ -63,9 +63,7 @@ STOP_PROGRAMS_S = 15.0  # a tester's killed programs exit within this (TesterAct
 
 def _kill_pair(task: asyncio.Task[_Pair]) -> None:
     if not task.cancelled() and task.exception() is None:
-        pair = task.result()
-        for actor in (pair.coder, pair.tester):
-            ray.kill(actor, no_restart=True)
+        task.result().kill()
 
 
 def alive_nodes() -> list[str]:
@@ -97,6 +95,10 @@ class _Pair:
     tester: Handle
     coder: Handle
     node_id: str
+
+    def kill(self) -> None:
+        for actor in (self.coder, self.tester):
+            ray.kill(actor, no_restart=True)
 
 
 async def _end_pairs(pairs: list[_Pair]) -> None:
@@ -411,8 +413,7 @@ class RayRoles:
         self._trim_warm(0)
         for known in self.candidates.values():
             for pair in known.pairs:
-                ray.kill(pair.coder, no_restart=True)
-                ray.kill(pair.tester, no_restart=True)
+                pair.kill()
             known.pairs.clear()
         for actor in (self.planner, self.scout_actor, self.budget, self.store):
             if actor is not None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from flakebot.errors import ConfigError
 from flakebot.home import write_private
+from flakebot.proc import argv
 
 RECORD = "cluster.json"
 KEYS = ("GROQ_API_KEY", "GROQ_API_KEY_FILE")  # never in a cluster's environment
@@ -74,11 +75,7 @@ class LocalCluster:
     def raylet(self) -> int | None:
         """The pid of its raylet (on this machine)."""
         for pid in self.processes():
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-            except OSError:
-                continue
-            if command.endswith(b"/raylet"):
+            if argv(pid)[0].endswith(b"/raylet"):
                 return pid
         return None
 

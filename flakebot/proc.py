@@ -142,6 +142,14 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])  # field 22 of the whole line: starttime
 
 
+def argv(pid: int) -> list[bytes]:
+    """The process's command line, one item per argument; [b""] if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return [b""]
+
+
 def children(pid: int) -> list[int]:
     """The live children of `pid`, whichever of its threads started them."""
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 
 from flakebot.errors import DeployError
-from flakebot.proc import run, start_time
+from flakebot.proc import argv, children, run, start_time
 from flakebot.service_host import PROGRAM, ServiceJob
 
 log = structlog.get_logger()
@@ -48,11 +48,7 @@ def is_service_host(pid: int, started: int, *, program: str = PROGRAM) -> bool:
     its command line) that started at `started`?"""
     if start_time(pid) != started:
         return False
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
-        return False
-    return program.encode() in command
+    return program.encode() in argv(pid)
 
 
 def start(job: ServiceJob) -> ServiceProcess:
@@ -110,9 +106,7 @@ def sandboxed_pid(process: ServiceProcess) -> int | None:
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/ns/net") != own:
                 return pid
-        for task in Path(f"/proc/{pid}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                pending += [int(child) for child in task.read_text().split()]
+        pending += children(pid)
     return None
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from flakebot.proc import children
+from flakebot.proc import argv, children
 from flakebot.runstate import all_runs
 
 log = structlog.get_logger()
@@ -42,11 +42,8 @@ def idle_workers(raylet_pid: int) -> list[int]:
     """The raylet's worker processes that are idle or still starting (no actor or task yet)."""
     found = []
     for pid in children(raylet_pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].startswith(IDLE) or any(arg.endswith(STARTING) for arg in argv[1:3]):
+        command = argv(pid)
+        if command[0].startswith(IDLE) or any(arg.endswith(STARTING) for arg in command[1:3]):
             found.append(pid)
     return found
 
