@@ -6,9 +6,6 @@ real `flakebot mcp` over stdio end to end."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +26,6 @@ from flakebot.mcp_server.server import FlakebotMCP
 from flakebot.settings import Settings
 from flakebot.tool_sandbox import scratch_dir
 from messages import ServiceSettings, ToolManifest
-from tests.conftest import FLAKEBOT
 from tests.samples import SAMPLES, SPEC
 
 MANIFEST = SAMPLES["tool_manifest"]
@@ -315,41 +311,3 @@ def test_a_service_tool_is_sent_the_request(home: Path) -> None:
         server.server_close()
     down = caller.call(tool, {"path": "/"})
     assert down.is_error and "did not answer" in down.content[0].text  # type: ignore[union-attr]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def test_the_http_transport_serves_on_the_loopback(home: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "FLAKEBOT_HOME": str(home)}
-    process = subprocess.Popen(
-        [str(FLAKEBOT), "mcp", "--transport", "http", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        assert line.strip() == f"flakebot mcp: listening on http://127.0.0.1:{port}/mcp", line
-        listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
-        local = {row.split()[1] for row in listening if row.split()[3] == "0A"}  # LISTEN
-        assert f"0100007F:{port:04X}" in local  # 127.0.0.1, and no other address, has it
-        assert f"00000000:{port:04X}" not in local
-
-        async def session() -> None:
-            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
-                names = [tool.name for tool in (await client.list_tools()).tools]
-                assert names == ["build_tool", "clean_tool"]
-
-        anyio.run(session)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        if process.stderr is not None:
-            process.stderr.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -9,7 +10,7 @@ import typer
 from flakebot.cli import RegistryOption, app, load_settings
 from flakebot.cli.coding import ModelOption
 from flakebot.mcp_server.server import MAX_CANDIDATES, FlakebotMCP
-from flakebot.mcp_server.serving import LOOPBACK, serve
+from flakebot.mcp_server.serving import LOOPBACK, HttpOptions, serve
 
 
 @app.command("mcp")
@@ -33,10 +34,23 @@ def mcp_command(
     port: Annotated[
         int, typer.Option("--port", min=0, max=65535, help="HTTP: the port (0: any free one).")
     ] = 8765,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="HTTP: the file holding the bearer token clients must send (default: "
+            "FLAKEBOT_HOME/mcp-token, made on first use).",
+        ),
+    ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="HTTP: take requests without a token (loopback only)."),
+    ] = False,
 ) -> None:
     """Serve MCP: build_tool, clean_tool, and every deployed tool of this home as a tool.
 
-    Register it with a client as the command `flakebot mcp --model MODEL` (stdio). Tools built
+    Register it with a client as the command `flakebot mcp --model MODEL` (stdio), or as the URL
+    it prints with `--transport http` and the header `Authorization: Bearer TOKEN`. Tools built
     here, or by `flakebot run` in the same FLAKEBOT_HOME, are listed and callable; each call runs
     in the tool sandbox."""
     settings = load_settings()
@@ -47,4 +61,5 @@ def mcp_command(
         address=address,
         candidates=candidates,
     )
-    serve(server, transport, host, port)
+    http = HttpOptions(host=host, port=port, token_file=token_file, auth=not no_auth)
+    serve(server, transport, http)
