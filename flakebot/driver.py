@@ -23,9 +23,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import ray
 import structlog
@@ -45,11 +44,9 @@ from flakebot.journal import Journal
 from flakebot.planner import looks_like_spec_file
 from flakebot.resume import check_resumable
 from flakebot.runplan import RunPlan, default_plan, load_plan
-from flakebot.runstate import RunRecord
 from flakebot.settings import Settings, parse_model, parse_registry
 from flakebot.specs import load_spec
 from messages import (
-    CleanupReport,
     CleanupRequest,
     RunEvent,
     RunStarted,
@@ -66,8 +63,6 @@ Request = str | Path | ToolSpec
 PASSED_ENV = ("FLAKEBOT_HOME", "FLAKEBOT_REGISTRY", "FLAKEBOT_CONTACT", "FLAKEBOT_LOG_LEVEL",
               "FLAKEBOT_FORBID_REAL_MODELS", "FLAKEBOT_LEASE_TTL", "PATH", "HOME")  # fmt: skip
 SUPERVISOR_MARGIN_S = 120.0
-CANCEL_WAIT_S = 30.0  # how long a killed supervisor may take to let go of its run
-STEPS = get_args(Step)
 SPEC_PATH = re.compile(r"^\S+\.(?:ya?ml|json)$")  # a request that is only a spec file's path
 
 
@@ -303,43 +298,6 @@ class Flakebot:
             except Exception as exc:
                 log.warning("cleanup_failed", run_id=run_id, error=str(exc))
         return StepFailed(run_id=run_id, step=step, error_type=kind, reason=reason)
-
-    def cancelled(self, run_id: str) -> CleanupReport:
-        """After a caller cancelled `abuild` (its supervisor is killed then): wait until no
-        process runs the run any more, record that it was cancelled, and clean what it made.
-        Blocking; meant for a worker thread the caller does not cancel."""
-        record = RunRecord(self.settings.home, run_id)
-        waited = time.monotonic() + CANCEL_WAIT_S
-        while record.in_progress() and time.monotonic() < waited:
-            time.sleep(0.2)
-        journal = Journal(self.settings.journal_path)
-        try:
-            row = journal.run(run_id)
-            if row is not None and row.state == "running":
-                step = row.step if row.step in STEPS else "plan"
-                failure = StepFailed(
-                    run_id=run_id,
-                    step=step,  # checked against STEPS
-                    error_type="CancelledError",
-                    reason="the run was cancelled by its caller",
-                )
-                events = sum(isinstance(e.message, RunEvent) for e in journal.entries(run_id))
-                journal.append(run_id, failure)
-                journal.append(
-                    run_id,
-                    RunEvent(
-                        run_id=run_id,
-                        seq=events,
-                        at=datetime.now(UTC),
-                        step="run",
-                        event="run_failed",
-                        detail=failure.reason,
-                        data={"failed_step": step},
-                    ),
-                )
-        finally:
-            journal.close()
-        return Janitor(self.settings).clean(CleanupRequest(run_id=run_id, reason="cancelled"))
 
     def build(
         self, request: Request, *, on_event: Callable[[RunEvent], None] | None = None

@@ -6,6 +6,7 @@ which stops the run and cleans what it made."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -159,6 +160,44 @@ def test_cancelling_a_build_stops_the_run_and_cleans_it(home: Path) -> None:
             assert row.reason == "the run was cancelled by its caller"
 
     anyio.run(session)
+
+
+def test_a_client_that_cancels_and_goes_away_still_gets_the_run_cleaned(home: Path) -> None:
+    """The client ends the server 2-4 s after it leaves (SIGTERM, then SIGKILL to its process
+    group), long before a clean is done: the run is finished by a process that outlives it."""
+    progress: list[str] = []
+
+    async def session() -> None:
+        async with flakebot_mcp(home) as client:
+
+            async def on_progress(done: float, total: float | None, message: str | None) -> None:
+                progress.append(message or "")
+                if "candidate_started" in (message or ""):
+                    scope.cancel()
+
+            with anyio.CancelScope() as scope, anyio.fail_after(BUILD_S):
+                await client.call_tool(
+                    "build_tool", {"request": SPEC}, progress_callback=on_progress
+                )
+            assert scope.cancelled_caught, progress
+        # the client has closed the server's stdin and killed its process group by now
+
+    anyio.run(session)
+    run_id = progress[0].split()[1]
+    run = home / "runs" / run_id
+    deadline = time.monotonic() + 180
+    while run.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    finisher_log = home / "logs" / "cancelled.log"
+    log = finisher_log.read_text() if finisher_log.exists() else "(no finisher's log)"
+    assert not run.exists(), log
+    for kept in ("workspaces", "deployments", "gcroots"):
+        assert not list((home / kept).glob(f"{run_id}*")), (kept, log)
+    settings = Settings(home=home, registry=Settings.from_env().registry)
+    row = Journal(settings.journal_path).run(run_id)
+    assert row is not None and row.state == "failed", row
+    assert row.reason == "the run was cancelled by its caller"
+    assert '"event": "cancelled_run_cleaned"' in log and '"failures": []' in log, log
 
 
 def test_the_server_says_what_is_wrong_with_a_request_it_cannot_plan(home: Path) -> None:

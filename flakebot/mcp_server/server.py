@@ -5,7 +5,8 @@ Tools:
   `flakebot run` does) and returns the manifest: Markdown as text, the manifest as structured
   content. Each run event, and each test report a candidate's coder journals, goes to the caller
   as a progress notification. Cancelling the call (notifications/cancelled, or closing the
-  connection) stops the run and cleans what it made.
+  connection) stops the run and cleans what it made (flakebot.cancelling: in a process that
+  outlives this server, which a client may end right after).
 - one tool per live deployed run of this FLAKEBOT_HOME (flakebot.mcp_server.catalog), with the
   manifest's input schema; calling it runs the binary in the tool sandbox (calls.py).
 - `clean_tool(name)` cleans the run behind a tool, as `flakebot clean RUN` does.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +48,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from flakebot import __version__
+from flakebot.cancelling import start_finisher
 from flakebot.driver import Flakebot, new_run_id
 from flakebot.errors import FlakebotError, RunFailed
 from flakebot.janitor import Janitor
@@ -170,6 +173,7 @@ class FlakebotMCP:
     _connecting: anyio.Lock = field(default_factory=anyio.Lock)
     _caller: ToolCaller | None = None
     _journal: Journal | None = None
+    _finishers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # of cancelled runs
 
     def __post_init__(self) -> None:
         self.catalog = Catalog([])
@@ -208,6 +212,7 @@ class FlakebotMCP:
         """Poll the home for runs deployed or cleaned by anyone; tell clients when tools change."""
         while True:
             await anyio.sleep(self.watch_interval_s)
+            self._finishers = [done for done in self._finishers if done.poll() is None]  # reaped
             try:
                 await self._refresh_and_tell()
             except Exception as exc:  # a home being written to: try again next time
@@ -364,12 +369,13 @@ class FlakebotMCP:
                     finished.set()
                     send.close()
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                log.info("mcp_build_cancelled", run_id=run_id)
-                try:
-                    await anyio.to_thread.run_sync(bot.cancelled, run_id)
-                except Exception as exc:
-                    log.warning("mcp_cancel_clean_failed", run_id=run_id, error=str(exc)[:300])
+            # The client may end this server right after (a stdio client kills its process
+            # group 4 s after closing stdin): a process of its own finishes the run.
+            log.info("mcp_build_cancelled", run_id=run_id)
+            try:
+                self._finishers.append(start_finisher(self.settings, run_id))
+            except OSError as exc:
+                log.warning("mcp_cancel_clean_failed", run_id=run_id, error=str(exc)[:300])
             raise
         if isinstance(outcome, RunFailed):
             return tool_error(f"the run {run_id} failed: {outcome.message}")
