@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flakebot.errors import CommandFailed, CommandTimedOut, ToolMissing
-from flakebot.proc import run, which
+from flakebot.proc import CHUNK, run, which
 
 
 def test_runs_argv_without_a_shell() -> None:
@@ -85,3 +85,40 @@ def test_a_process_stopped_for_good_starts_no_more_programs() -> None:
     done = run([sys.executable, "-c", script], timeout=60)
     assert done.ok, done.stderr
     assert done.stdout.strip() == "true was not started: this process is ending"
+
+
+def test_output_past_the_bound_keeps_its_head_and_tail_and_memory_stays_bounded() -> None:
+    # 200 MiB through a 1 MiB bound: the kept text is about 1 MiB whatever the program prints
+    script = (
+        "import sys\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(b'FIRST\\n')\n"
+        "for _ in range(200): out.write(b'x' * (1 << 20))\n"
+        "out.write(b'\\nLAST\\n')\n"
+        "sys.stderr.write('err\\r\\n')\n"
+    )
+    done = run([sys.executable, "-c", script], timeout=120, max_output=1 << 20)
+    assert done.ok and not done.stopped_at_limit
+    assert done.stdout.startswith("FIRST\n") and done.stdout.endswith("\nLAST\n")
+    assert len(done.stdout) < (1 << 20) + 100
+    printed = 200 * (1 << 20) + 12
+    assert printed - (1 << 20) - CHUNK <= done.dropped <= printed - (1 << 20)  # all but ~1 MiB
+    assert f"[... {done.dropped} bytes not kept ...]" in done.stdout
+    assert done.stderr == "err\n"  # newlines as a text-mode pipe gives them
+
+
+def test_a_program_that_prints_without_end_can_be_stopped_at_the_bound() -> None:
+    started = time.monotonic()
+    done = run(["cat", "/dev/zero"], timeout=120, max_output=4 << 20, stop_at_limit=True)
+    assert done.stopped_at_limit and not done.ok
+    assert time.monotonic() - started < 60  # stopped at the bound, not at the time limit
+    assert len(done.stdout) <= (4 << 20) + 100
+
+
+def test_stdin_larger_than_a_pipe_and_a_program_that_does_not_read_it() -> None:
+    data = "y" * (4 << 20)  # far more than a pipe holds
+    echoed = run([sys.executable, "-c", "import sys; print(len(sys.stdin.read()))"],
+                 timeout=60, stdin=data)  # fmt: skip
+    assert echoed.stdout.strip() == str(len(data))
+    ignored = run(["true"], timeout=60, stdin=data)  # exits without reading: no hang, no error
+    assert ignored.ok
