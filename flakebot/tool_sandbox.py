@@ -14,6 +14,7 @@ manifest's worked examples, or as a service happens here, never on the host as i
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flakebot.errors import ConfigError
-from flakebot.proc import Completed, run
+from flakebot.proc import MAX_OUTPUT, Completed, run
 from flakebot.sandbox import (
     DEFAULT_MEMORY_BYTES,
     PASSED_THROUGH,
@@ -43,26 +44,52 @@ def tool_environment() -> dict[str, str]:
     return env
 
 
-@contextmanager
-def scratch_dir(files: Mapping[str, str] | None = None) -> Iterator[Path]:
-    """A fresh directory for one call, holding `files` (relative path to text); removed after.
-    A path that is absolute or climbs out with '..' is refused (ConfigError) before anything is
-    written: the caller (an agent, a spec) names paths inside the sandbox only."""
-    checked = {}
-    for relative, content in (files or {}).items():
+def _checked_files(files: Mapping[str, str]) -> dict[str, str]:
+    """`files` by normal relative path; ConfigError for a path outside, two names of one file,
+    or a file that another's path uses as a directory."""
+    checked: dict[str, str] = {}
+    given: dict[str, str] = {}
+    for relative, content in files.items():
         try:
-            checked[check_relative_path(relative)] = content
+            normal = check_relative_path(relative)
         except ValueError as exc:
             raise ConfigError(
                 f"input file {relative!r} is not a path inside the call's directory: {exc}",
                 hint="name input files by relative paths such as 'data/input.txt'",
             ) from None
+        if normal in checked:
+            raise ConfigError(f"input files {given[normal]!r} and {relative!r} are the same file")
+        checked[normal], given[normal] = content, relative
+    for normal in checked:
+        parent = posixpath.dirname(normal)
+        while parent:
+            if parent in checked:
+                raise ConfigError(
+                    f"input file {given[parent]!r} is also a directory of {given[normal]!r}",
+                    hint="a path is either a file or a directory",
+                )
+            parent = posixpath.dirname(parent)
+    return checked
+
+
+@contextmanager
+def scratch_dir(files: Mapping[str, str] | None = None) -> Iterator[Path]:
+    """A fresh directory for one call, holding `files` (relative path to text); removed after.
+    A path that is absolute or climbs out with '..' is refused (ConfigError) before anything is
+    written: the caller (an agent, a spec) names paths inside the sandbox only."""
+    checked = _checked_files(files or {})
     directory = Path(tempfile.mkdtemp(prefix="flakebot-call-"))
     try:
         for relative, content in checked.items():
             path = directory / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content, errors="replace")
+            except OSError as exc:
+                raise ConfigError(
+                    f"input file {relative!r} could not be written: {exc.strerror}",
+                    hint="use shorter paths and names",
+                ) from None
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -108,8 +135,11 @@ class ToolSandbox:
         timeout: float,
         stdin: str | None = None,
         files: Mapping[str, str] | None = None,
+        max_output: int = MAX_OUTPUT,
+        stop_at_limit: bool = False,
     ) -> Completed:
-        """Run `command` (the tool's path and arguments) in a fresh scratch dir holding `files`."""
+        """Run `command` (the tool's path and arguments) in a fresh scratch dir holding `files`;
+        its output is bounded as flakebot.proc.run bounds it."""
         with scratch_dir(files) as workdir, etc_files() as data_fds:
             argv = self.argv(command, workdir=workdir, data_fds=data_fds)
             return run(
@@ -118,4 +148,6 @@ class ToolSandbox:
                 env={"PATH": os.environ.get("PATH", "")},
                 stdin=stdin if stdin is not None else "",
                 pass_fds=list(data_fds.values()),
+                max_output=max_output,
+                stop_at_limit=stop_at_limit,
             )

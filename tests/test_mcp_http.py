@@ -61,14 +61,20 @@ def http_server(home: Path, *extra: str) -> Iterator[tuple[str, int, str]]:
             process.stderr.close()
 
 
-def tool_names(url: str, token: str | None) -> list[str]:
+def tool_names(url: str, token: str | None, mode: str = "auto") -> list[str]:
+    """The tools the server lists to the SDK's client; in the handshake era (mode 'legacy') it
+    must also announce that it tells of changes to them."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def session() -> list[str]:
         async with (
             httpx2.AsyncClient(headers=headers) as http,
-            Client(streamable_http_client(url, http_client=http)) as client,
+            Client(streamable_http_client(url, http_client=http), mode=mode) as client,
         ):
+            if mode == "legacy":
+                capabilities = client.server_capabilities
+                assert capabilities.tools is not None and capabilities.tools.list_changed
+                assert capabilities.resources is not None and capabilities.resources.list_changed
             return [tool.name for tool in (await client.list_tools()).tools]
 
     return anyio.run(session)
@@ -104,6 +110,7 @@ def test_the_http_transport_serves_token_holders_on_the_loopback_only(home: Path
             tool_names(url, None)
         assert unheard.group_contains(MCPError, match="error response")
         assert tool_names(url, token) == ["build_tool", "clean_tool"]
+        assert tool_names(url, token, mode="legacy") == ["build_tool", "clean_tool"]
 
     with http_server(home) as (url, _, _):  # a restart keeps the token: clients stay configured
         assert (home / TOKEN_FILE).read_text().strip() == token

@@ -6,6 +6,7 @@ real `flakebot mcp` over stdio end to end."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +21,12 @@ from mcp.shared.exceptions import MCPError
 
 from flakebot.errors import ConfigError
 from flakebot.manifest import mcp_tool, parameters_schema
-from flakebot.mcp_server.calls import MAX_INPUT_BYTES, ToolCaller, schema_problems
+from flakebot.mcp_server.calls import (
+    MAX_INPUT_BYTES,
+    MAX_OUTPUT_BYTES,
+    ToolCaller,
+    schema_problems,
+)
 from flakebot.mcp_server.catalog import Catalog, signature
 from flakebot.mcp_server.server import FlakebotMCP
 from flakebot.settings import Settings
@@ -109,6 +115,23 @@ def test_input_files_outside_the_call_dir_are_refused_before_anything_is_written
     assert not Path("/tmp/absolute.txt").exists()
 
 
+@pytest.mark.parametrize(
+    ("files", "fault"),
+    [
+        ({"a": "1", "./a": "2"}, "are the same file"),
+        ({"a": "1", "a/b": "2"}, "is also a directory of 'a/b'"),
+        ({"d/e/f": "1", "d": "2"}, "'d' is also a directory of 'd/e/f'"),
+        ({"x" * 300: "1"}, "could not be written: File name too long"),
+        ({"d/" * 3000 + "f": "1"}, "could not be written"),
+    ],
+)
+def test_input_files_that_cannot_all_be_written_are_a_clear_error(
+    files: dict[str, str], fault: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fault)), scratch_dir(files):
+        pass
+
+
 class NoNix:
     """A deployed 'tool' that is the system's shell: its closure is /usr, which the sandbox
     shows anyway, so no Nix store path is needed to test the confinement itself."""
@@ -154,6 +177,19 @@ def test_a_call_with_bad_arguments_is_a_tool_error_naming_them(home: Path) -> No
     assert result.is_error and "at most" in result.content[0].text  # type: ignore[union-attr]
     result = caller.call(shell_tool(home), {"args": [1, 2]})
     assert result.is_error and "args/0: 1 is not of type 'string'" in result.content[0].text  # type: ignore[union-attr]
+    result = caller.call(shell_tool(home), {"args": ["-c", "a\x00b"]})
+    assert result.is_error and "args/1: contains a NUL byte" in result.content[0].text  # type: ignore[union-attr]
+    result = caller.call(shell_tool(home), {"args": [], "files": {"a": "1", "a/b": "2"}})
+    assert result.is_error and "is also a directory of 'a/b'" in result.content[0].text  # type: ignore[union-attr]
+
+
+def test_a_call_that_prints_without_end_is_stopped_at_the_output_bound(home: Path) -> None:
+    caller = ToolCaller(NoNix())  # type: ignore[arg-type]
+    result = caller.call(shell_tool(home), {"args": ["-c", "echo begin; exec cat /dev/zero"]})
+    assert result.is_error
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert f"printed more than {MAX_OUTPUT_BYTES} bytes and was stopped" in text
+    assert "began:\nbegin" in text
 
 
 def serve(settings: Settings, **options: Any) -> FlakebotMCP:
@@ -304,6 +340,9 @@ def test_a_service_tool_is_sent_the_request(home: Path) -> None:
         sent = caller.call(tool, {"method": "POST", "path": "/items?x=1", "body": "hi"})
         assert sent.structured_content == {"status": 201, "body": "POST /items?x=1 hi"}
         assert not sent.is_error
+        for path in ("/a\n", "/\x00", "/a\tb"):
+            odd = caller.call(tool, {"path": path})
+            assert odd.is_error and "- path: " in odd.content[0].text  # type: ignore[union-attr]
         wrong = caller.call(tool, {"args": ["--port", "1"]})
         assert wrong.is_error and "'path' is a required property" in wrong.content[0].text  # type: ignore[union-attr]
     finally:

@@ -18,14 +18,19 @@ from typing import Any
 import httpx
 import jsonschema
 import mcp_types as types
+import structlog
 
 from flakebot.errors import CommandTimedOut, ConfigError, FlakebotError
 from flakebot.mcp_server.catalog import DeployedTool
 from flakebot.nix import Nix
+from flakebot.redact import redact
 from flakebot.tool_sandbox import ToolSandbox
 
+log = structlog.get_logger()
+
 CALL_TIMEOUT_S = 60.0
-MAX_OUTPUT_CHARS = 100_000
+MAX_OUTPUT_CHARS = 100_000  # of each stream, in a call's result
+MAX_OUTPUT_BYTES = 4 * 1024 * 1024  # a tool printing more (to either stream) is stopped
 MAX_INPUT_BYTES = 64 * 1024 * 1024  # stdin and files of one call, written to the host's disk
 
 OUTPUT_SCHEMA: dict[str, Any] = {
@@ -63,6 +68,21 @@ def schema_problems(schema: dict[str, Any], arguments: dict[str, Any]) -> list[s
     return problems
 
 
+def _unusable(arguments: dict[str, Any]) -> list[str]:
+    """What a schema lets through and a program cannot take: a NUL byte in an argument (argv
+    strings end at it), a control character or space in a request's path (JSON Schema's `$`,
+    as Python evaluates it, matches before a final newline)."""
+    problems = [
+        f"args/{index}: contains a NUL byte, which no program argument can hold"
+        for index, arg in enumerate(arguments.get("args") or [])
+        if isinstance(arg, str) and "\x00" in arg
+    ]
+    path = arguments.get("path")
+    if isinstance(path, str) and any(char.isspace() or not char.isprintable() for char in path):
+        problems.append("path: must not contain spaces or control characters (encode them)")
+    return problems
+
+
 def invalid_arguments(name: str, problems: list[str], more: str = "") -> types.CallToolResult:
     return tool_error(
         f"invalid arguments for {name}:\n"
@@ -89,16 +109,17 @@ class ToolCaller:
     timeout_s: float = CALL_TIMEOUT_S
 
     def call(self, tool: DeployedTool, arguments: dict[str, Any]) -> types.CallToolResult:
-        problems = schema_problems(input_schema(tool), arguments)
+        problems = schema_problems(input_schema(tool), arguments) or _unusable(arguments)
         if problems:
             return invalid_arguments(tool.name, problems, f"; the manual is {tool.uri}")
-        given = len(arguments.get("stdin") or "") + sum(
-            len(text) for text in (arguments.get("files") or {}).values()
+        given = sum(
+            len(text.encode(errors="replace"))
+            for text in [arguments.get("stdin") or "", *(arguments.get("files") or {}).values()]
         )
         if given > MAX_INPUT_BYTES:
             return tool_error(
-                f"the call's stdin and files are {given} characters; at most {MAX_INPUT_BYTES} "
-                "are taken: pass less data"
+                f"the call's stdin and files are {given} bytes; at most {MAX_INPUT_BYTES} are "
+                "taken: pass less data"
             )
         try:
             if tool.manifest.tool_kind == "service":
@@ -106,6 +127,9 @@ class ToolCaller:
             return self._run(tool, arguments)
         except FlakebotError as exc:
             return tool_error(f"{tool.name} could not run: {exc.message}")
+        except Exception as exc:  # not the caller's fault, but the caller must hear of it
+            log.exception("mcp_call_failed", tool=tool.name)
+            return tool_error(redact(f"{tool.name} could not run: {type(exc).__name__}: {exc}"))
 
     def _run(self, tool: DeployedTool, arguments: dict[str, Any]) -> types.CallToolResult:
         manifest = tool.manifest
@@ -116,10 +140,17 @@ class ToolCaller:
                 timeout=self.timeout_s,
                 stdin=arguments.get("stdin"),
                 files=arguments.get("files"),
+                max_output=MAX_OUTPUT_BYTES,
+                stop_at_limit=True,
             )
         except CommandTimedOut:
             return tool_error(f"{tool.name} did not finish within {self.timeout_s:g} s; stopped")
         stdout, stderr = _clip(done.stdout), _clip(done.stderr)
+        if done.stopped_at_limit:
+            return tool_error(
+                f"{tool.name} printed more than {MAX_OUTPUT_BYTES} bytes and was stopped; ask "
+                f"for less output. Its stdout began:\n{stdout[:2000]}"
+            )
         text = stdout if done.returncode == 0 else f"exit code {done.returncode}\n{stderr}{stdout}"
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=text)],
@@ -137,7 +168,7 @@ class ToolCaller:
                 response = client.request(
                     method, url.rstrip("/") + arguments["path"], content=arguments.get("body")
                 )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return tool_error(f"{tool.name} did not answer at {url}: {exc}")
         body = _clip(response.text)
         return types.CallToolResult(

@@ -37,6 +37,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
@@ -465,7 +466,8 @@ class FlakebotMCP:
                 finally:
                     group.cancel_scope.cancel()
 
-        return Server(
+        return _Server(
+            self.notification_options(),
             "flakebot",
             version=__version__,
             title="Flakebot",
@@ -483,6 +485,25 @@ class FlakebotMCP:
 
     def notification_options(self) -> NotificationOptions:
         return NotificationOptions(tools_changed=True, resources_changed=True)
+
+
+class _Server(Server[Any]):
+    """The SDK's server, announcing list-changed notifications on every transport: the HTTP
+    session manager asks for the initialization options without any."""
+
+    def __init__(self, notify: NotificationOptions, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.notify = notify
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or self.notify, experimental_capabilities, extensions
+        )
 
 
 def _clean(settings: Settings, tool: DeployedTool) -> CleanupReport:
