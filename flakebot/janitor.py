@@ -69,6 +69,10 @@ class Janitor:
 
     def clean(self, request: CleanupRequest) -> CleanupReport:
         record = RunRecord(self.settings.home, request.run_id)
+        with record.cleaning():
+            return self._clean(record, request)
+
+    def _clean(self, record: RunRecord, request: CleanupRequest) -> CleanupReport:
         removed: list[RemovedItem] = []
         failures: list[CleanupFailure] = []
         for prebuild in record.items("prebuild", request.candidate_id):

@@ -35,6 +35,8 @@ from flakebot.errors import RunBusy
 from flakebot.home import ID_PATTERN, PRIVATE_DIR, PRIVATE_FILE, check_id, run_dir, write_private
 from messages import CrateCandidate, Workspace
 
+CLEAN_WAIT_S = 600.0  # how long a clean waits for another clean of the run to end
+
 Kind = Literal[
     "workspace", "target_dir", "gc_root", "store_path", "deployment", "service", "prebuild"
 ]
@@ -160,6 +162,37 @@ class RunRecord:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def cleaning(self, wait_s: float = CLEAN_WAIT_S) -> Iterator[None]:
+        """Held while a janitor cleans the run: one at a time, whichever process (two at once
+        each found the other's removals gone and reported them as failures). A run whose record
+        is gone already has nothing to hold. Waits at most `wait_s`, then RunBusy."""
+        try:
+            lock = os.open(
+                self.directory / ".clean.lock",
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                PRIVATE_FILE,
+            )
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RunBusy(
+                            f"run {self.run_id} is being cleaned by another process",
+                            hint="try again once that clean has ended",
+                        ) from None
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(lock)
 
     def in_progress(self) -> bool:
         """Is a live process running this run now?"""
