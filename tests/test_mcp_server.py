@@ -237,6 +237,43 @@ def test_listing_calling_and_reading_through_the_sdk_client(home: Path, settings
     run(session)
 
 
+def test_a_tool_is_cleaned_once_its_calls_under_way_end_and_takes_no_new_ones(
+    home: Path, settings: Settings
+) -> None:
+    app = serve(settings)
+    deploy(home, "run-20261206-100000-aaaaaa", name="shell", bin_path="/bin/sh")
+    ended: dict[str, Any] = {}
+
+    async def session() -> None:
+        async with Client(app.server()) as client, anyio.create_task_group() as group:
+
+            async def call() -> None:
+                done = await client.call_tool("shell", {"args": ["-c", "sleep 2; echo done"]})
+                ended["call"] = anyio.current_time()
+                assert not done.is_error and done.content[0].text == "done\n"  # type: ignore[union-attr]
+
+            async def clean(name: str) -> None:
+                ended[name] = anyio.current_time()
+                result = await client.call_tool("clean_tool", {"name": "shell"})
+                ended[name] = anyio.current_time()
+                assert not result.is_error, result
+                ended[f"{name} text"] = result.content[0].text  # type: ignore[union-attr]
+
+            group.start_soon(call)
+            await anyio.sleep(0.5)  # the call is under way
+            group.start_soon(clean, "clean")
+            await anyio.sleep(0.3)
+            refused = await client.call_tool("shell", {"args": ["-c", "true"]})
+            assert refused.is_error and "is being cleaned" in refused.content[0].text  # type: ignore[union-attr]
+            group.start_soon(clean, "again")
+
+    run(session)
+    assert ended["clean"] >= ended["call"]  # the clean waited for the call
+    assert str(ended["clean text"]).startswith("Cleaned shell")
+    assert "was cleaned by another request" in str(ended["again text"])
+    assert not (home / "runs" / "run-20261206-100000-aaaaaa").exists()
+
+
 def test_build_tool_arguments_are_checked_before_any_run(home: Path, settings: Settings) -> None:
     app = serve(settings)
 

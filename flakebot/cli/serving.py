@@ -9,7 +9,8 @@ import typer
 
 from flakebot.cli import RegistryOption, app, load_settings
 from flakebot.cli.coding import ModelOption
-from flakebot.mcp_server.server import MAX_CANDIDATES, FlakebotMCP
+from flakebot.mcp_server.own_tools import MAX_CANDIDATES
+from flakebot.mcp_server.server import FlakebotMCP
 from flakebot.mcp_server.serving import LOOPBACK, HttpOptions, serve
 
 

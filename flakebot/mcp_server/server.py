@@ -37,7 +37,6 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
-from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
@@ -64,6 +63,14 @@ from flakebot.mcp_server.calls import (
     tool_error,
 )
 from flakebot.mcp_server.catalog import Catalog, DeployedTool, signature
+from flakebot.mcp_server.own_tools import (
+    BUILD_TOOL,
+    CLEAN_TOOL,
+    ProtocolServer,
+    attempt_line,
+    progress_line,
+    text_result,
+)
 from flakebot.nix import Nix
 from flakebot.planner import looks_like_spec_file
 from flakebot.settings import Settings
@@ -72,82 +79,8 @@ from messages import CleanupReport, CleanupRequest, RunEvent, TestReport, ToolMa
 log = structlog.get_logger()
 
 WATCH_INTERVAL_S = 2.0
-MAX_CANDIDATES = 8
 MAX_LEGACY_CONNECTIONS = 256
 ATTEMPT_POLL_S = 1.0  # how often a build's journal is read for its candidates' test reports
-
-BUILD_TOOL = types.Tool(
-    name="build_tool",
-    title="Build a tool",
-    description=(
-        "Build, test and deploy a command-line tool or service from a Rust crate, and return its "
-        "manifest (how to call it, worked examples). The new tool is then listed here and can be "
-        "called like any other. `request` is a description in words (needs the server's model) "
-        "or the path of a tool spec file (YAML or JSON). Takes a minute or more; progress is "
-        "reported; cancelling stops the run and cleans up."
-    ),
-    input_schema={
-        "type": "object",
-        "properties": {
-            "request": {
-                "type": "string",
-                "pattern": "\\S",
-                "description": "What the tool should do, or the path of a spec file.",
-            },
-            "candidates": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": MAX_CANDIDATES,
-                "description": "How many crates to fork and try at once (default 3).",
-            },
-            "timeout_s": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "description": "Give up on the run after this many seconds.",
-            },
-        },
-        "required": ["request"],
-        "additionalProperties": False,
-    },
-    annotations=types.ToolAnnotations(open_world_hint=True),
-)
-CLEAN_TOOL = types.Tool(
-    name="clean_tool",
-    title="Clean a tool",
-    description=(
-        "Remove a tool this server lists, and everything its run made (service, Nix store paths, "
-        "fork, workspaces). The tool is no longer listed afterwards."
-    ),
-    input_schema={
-        "type": "object",
-        "properties": {"name": {"type": "string", "description": "The tool's name as listed."}},
-        "required": ["name"],
-        "additionalProperties": False,
-    },
-    annotations=types.ToolAnnotations(destructive_hint=True, idempotent_hint=True),
-)
-
-
-def _text(text: str, structured: dict[str, Any] | None = None) -> types.CallToolResult:
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)], structured_content=structured
-    )
-
-
-def _attempt_line(report: TestReport) -> str:
-    stages = ", ".join(f"{stage.stage} {stage.status}" for stage in report.stages)
-    found = []
-    if report.errors:
-        found.append(f"{len(report.errors)} compiler errors")
-    if report.failed_tests:
-        found.append(f"{len(report.failed_tests)} failing tests")
-    more = f" ({', '.join(found)})" if found else ""
-    return f"test [{report.candidate_id}]: attempt {report.attempt}: {stages}{more}"
-
-
-def _progress_line(event: RunEvent) -> str:
-    where = f"{event.step}" + (f" [{event.candidate_id}]" if event.candidate_id else "")
-    return f"{where}: {event.event}" + (f": {event.detail[:200]}" if event.detail else "")
 
 
 @dataclass
@@ -175,6 +108,8 @@ class FlakebotMCP:
     _caller: ToolCaller | None = None
     _journal: Journal | None = None
     _finishers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # of cancelled runs
+    _calls: dict[str, int] = field(default_factory=dict)  # run id: calls of its tool under way
+    _cleaning: set[str] = field(default_factory=set)  # run ids clean_tool is cleaning
 
     def __post_init__(self) -> None:
         self.catalog = Catalog([])
@@ -269,7 +204,15 @@ class FlakebotMCP:
                 types.INVALID_PARAMS,
                 f"no tool named {params.name!r} (it may have been cleaned); tools now: {known}",
             )
-        return await anyio.to_thread.run_sync(self.caller().call, tool, arguments)
+        if tool.run_id in self._cleaning:
+            return tool_error(f"{tool.name} is being cleaned; build it again to use it")
+        self._calls[tool.run_id] = self._calls.get(tool.run_id, 0) + 1
+        try:
+            return await anyio.to_thread.run_sync(self.caller().call, tool, arguments)
+        finally:
+            self._calls[tool.run_id] -= 1
+            if not self._calls[tool.run_id]:
+                del self._calls[tool.run_id]
 
     def caller(self) -> ToolCaller:
         if self._caller is None:
@@ -354,7 +297,7 @@ class FlakebotMCP:
                     await ctx.session.report_progress(count, None, line)
 
         def on_event(event: RunEvent) -> None:
-            send.send_nowait(_progress_line(event))
+            send.send_nowait(progress_line(event))
 
         await ctx.session.report_progress(0, None, f"run {run_id} started")
         outcome: ToolManifest | FlakebotError
@@ -391,7 +334,7 @@ class FlakebotMCP:
             if tool is not None
             else ""
         )
-        return _text(
+        return text_result(
             f"Built {manifest.name} (run {run_id}). {called}{to_markdown(manifest)}",
             {"tool": tool.name if tool else None, "manifest": manifest.model_dump(mode="json")},
         )
@@ -410,7 +353,7 @@ class FlakebotMCP:
                 for entry in entries:
                     seen = entry.seq + 1
                     if isinstance(entry.message, TestReport):
-                        send.send_nowait(_attempt_line(entry.message))
+                        send.send_nowait(attempt_line(entry.message))
                 if finished.is_set():
                     return
 
@@ -431,7 +374,21 @@ class FlakebotMCP:
                 f"no tool named {name!r} to clean; tools now: "
                 + (", ".join(self.catalog.names()) or "none")
             )
-        report = await anyio.to_thread.run_sync(_clean, self.settings, tool)
+        if tool.run_id in self._cleaning:  # another request is at it: wait, then say so
+            while tool.run_id in self._cleaning:
+                await anyio.sleep(0.1)
+            return text_result(f"{tool.name} (run {tool.run_id}) was cleaned by another request.")
+        self._cleaning.add(tool.run_id)  # new calls of it are refused from now on
+        try:
+            # calls under way use its store path: they end (within their time limit) first
+            with anyio.move_on_after(self.caller().timeout_s + 5):
+                while self._calls.get(tool.run_id):
+                    await anyio.sleep(0.1)
+            report = await anyio.to_thread.run_sync(_clean, self.settings, tool)
+        except FlakebotError as exc:
+            return tool_error(f"{tool.name} was not cleaned: {exc.message}")
+        finally:
+            self._cleaning.discard(tool.run_id)
         await self._refresh_and_tell()
         freed = report.bytes_freed / 1024**2
         removed = len(report.removed)
@@ -466,7 +423,7 @@ class FlakebotMCP:
                 finally:
                     group.cancel_scope.cancel()
 
-        return _Server(
+        return ProtocolServer(
             self.notification_options(),
             "flakebot",
             version=__version__,
@@ -485,25 +442,6 @@ class FlakebotMCP:
 
     def notification_options(self) -> NotificationOptions:
         return NotificationOptions(tools_changed=True, resources_changed=True)
-
-
-class _Server(Server[Any]):
-    """The SDK's server, announcing list-changed notifications on every transport: the HTTP
-    session manager asks for the initialization options without any."""
-
-    def __init__(self, notify: NotificationOptions, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.notify = notify
-
-    def create_initialization_options(
-        self,
-        notification_options: NotificationOptions | None = None,
-        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
-        extensions: dict[str, dict[str, Any]] | None = None,
-    ) -> InitializationOptions:
-        return super().create_initialization_options(
-            notification_options or self.notify, experimental_capabilities, extensions
-        )
 
 
 def _clean(settings: Settings, tool: DeployedTool) -> CleanupReport:
