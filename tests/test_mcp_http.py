@@ -23,7 +23,7 @@ from flakebot.errors import ConfigError
 from flakebot.mcp_server.serving import TOKEN_FILE, BearerAuth, http_token
 from tests.conftest import FLAKEBOT
 
-LISTENING = re.compile(r"flakebot mcp: listening on (http://127\.0\.0\.1:(\d+)/mcp) \((.*)\)")
+LISTENING = re.compile(r"flakebot mcp: listening on (http://127\.0\.0\.\d+:(\d+)/mcp) \((.*)\)")
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -122,6 +122,18 @@ def test_no_auth_is_for_the_loopback_only(home: Path) -> None:
         assert guarded == "without authentication"
         assert tool_names(url, None) == ["build_tool", "clean_tool"]
     assert not (home / TOKEN_FILE).exists()
+
+    # any loopback address, not only 127.0.0.1: a page whose name resolves to it is refused
+    with http_server(home, "--no-auth", "--host", "127.0.0.2") as (url, port, _):
+        assert url == f"http://127.0.0.2:{port}/mcp"
+        for host in ("evil.example", f"evil.example:{port}"):
+            foreign = httpx.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "Host": host})
+            assert foreign.status_code == 421, (host, foreign.text)
+        page = httpx.post(
+            url, json=INITIALIZE, headers={**MCP_HEADERS, "Origin": "http://evil.example"}
+        )
+        assert page.status_code == 403, page.text
+        assert tool_names(url, None) == ["build_tool", "clean_tool"]
 
     refused = subprocess.run(
         [str(FLAKEBOT), "mcp", "--transport", "http", "--no-auth", "--host", "0.0.0.0"],

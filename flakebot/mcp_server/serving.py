@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
 
 from flakebot.errors import ConfigError
 from flakebot.home import write_private
@@ -128,6 +129,22 @@ async def serve_stdio(app: FlakebotMCP) -> None:
         )
 
 
+def rebinding_checks(host: str) -> TransportSecuritySettings | None:
+    """On a loopback address, requests must name a loopback host (and a browser's page, a
+    loopback origin): a web page cannot reach the server through a name it resolves to the
+    loopback (DNS rebinding). The SDK does this for 127.0.0.1, localhost and ::1 only, not for
+    127.0.0.2 and the rest of 127/8."""
+    if not is_loopback(host):
+        return None
+    named = f"[{host}]" if ":" in host else host
+    hosts = sorted({named, "127.0.0.1", "localhost", "[::1]"})
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{name}:*" for name in hosts],
+        allowed_origins=[f"http://{name}:*" for name in hosts],
+    )
+
+
 @dataclass(frozen=True)
 class HttpOptions:
     host: str = LOOPBACK
@@ -146,7 +163,9 @@ async def serve_http(app: FlakebotMCP, options: HttpOptions) -> None:
             hint="drop --no-auth: clients then send the token file's token",
         )
     server = app.server()
-    asgi: Any = server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host)
+    asgi: Any = server.streamable_http_app(
+        streamable_http_path=HTTP_PATH, host=host, transport_security=rebinding_checks(host)
+    )
     guarded = "without authentication"
     if options.auth:
         token_file = options.token_file or app.settings.home / TOKEN_FILE
