@@ -38,6 +38,7 @@ from messages.deploy import CleanupReason
 log = structlog.get_logger()
 CLEAN_PASSES = 3  # clean --all: passes over the runs that still have something left
 IN_USE_WAITS_S = (0.5, 1.0, 2.0)  # store paths in use: waits before trying again
+WORKERS_WAIT_S = 30.0  # a whole run's clean: how long coders still at work may take to end
 
 
 def disk_usage(path: Path) -> int:
@@ -70,7 +71,12 @@ class Janitor:
     def clean(self, request: CleanupRequest) -> CleanupReport:
         record = RunRecord(self.settings.home, request.run_id)
         with record.cleaning():
-            return self._clean(record, request)
+            if request.candidate_id is not None:  # its coder was ended before
+                return self._clean(record, request)
+            with record.workers_gone(WORKERS_WAIT_S) as gone:
+                if not gone:
+                    log.warning("run_workers_still_running", run_id=request.run_id)
+                return self._clean(record, request)
 
     def _clean(self, record: RunRecord, request: CleanupRequest) -> CleanupReport:
         removed: list[RemovedItem] = []

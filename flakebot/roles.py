@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from flakebot.crates.cargo_toml import read_crate
 from flakebot.crates.fetch import dependency_dir
 from flakebot.crates.index import CrateIndex, index_path
 from flakebot.deployer import Deployer
-from flakebot.errors import DeployError, FlakebotError, ForkError
+from flakebot.errors import DeployError, FlakebotError, ForkError, RoleLost
 from flakebot.failures import step_failed
 from flakebot.fork import Forker
 from flakebot.janitor import Janitor
@@ -179,7 +181,25 @@ class DeveloperRole:
             on_commit=self._follow_manifests,
         )
 
+    @contextmanager
+    def _working(self, run_id: str) -> Iterator[None]:
+        """This process is at work on the run (its record says so: a clean of the whole run
+        waits for it); a run that has ended already, cancelled and being cleaned, gets nothing
+        more done (a coder killed with it may still be starting a call)."""
+        with RunRecord(self.settings.home, run_id).working():
+            if isinstance(self.journal, Journal):  # at the run's home
+                row = self.journal.run(run_id)
+                if row is not None and row.state != "running":
+                    raise RoleLost(f"run {run_id} has ended ({row.state}): nothing more is done")
+            yield
+
     async def develop(
+        self, candidate: CrateCandidate, spec: ToolSpec
+    ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
+        with self._working(candidate.run_id):
+            return await self._develop(candidate, spec)
+
+    async def _develop(
         self, candidate: CrateCandidate, spec: ToolSpec
     ) -> tuple[Workspace | None, CandidateResult | StepFailed]:
         toolchain = Toolchain.find()
@@ -293,6 +313,12 @@ class DeveloperRole:
         self, workspace: Workspace, spec: ToolSpec, evidence: str, after_attempt: int
     ) -> CandidateResult | StepFailed:
         """Fix what a later step (the deploy) found, numbering attempts after `after_attempt`."""
+        with self._working(workspace.run_id):
+            return await self._revise(workspace, spec, evidence, after_attempt)
+
+    async def _revise(
+        self, workspace: Workspace, spec: ToolSpec, evidence: str, after_attempt: int
+    ) -> CandidateResult | StepFailed:
         try:
             forker = Forker(self.settings, Sandbox(Toolchain.find()))
             workspace = fork_here(forker, workspace, self.store)

@@ -164,32 +164,60 @@ class RunRecord:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     @contextmanager
+    def working(self) -> Iterator[None]:
+        """Held (shared) by a process while it does a part of the run on this node (a coder's
+        fork and edit-test loop), so that `workers_gone` can wait for it to end. No record
+        here (a node other than the run's home), nothing to hold."""
+        lock = self._open_lock("workers.lock")
+        if lock is None:
+            yield
+            return
+        try:
+            if not _flock_within(lock, CLEAN_WAIT_S, shared=True):  # held only by a clean
+                raise RunBusy(f"run {self.run_id} is being cleaned: nothing more is done for it")
+            yield
+        finally:
+            os.close(lock)
+
+    @contextmanager
+    def workers_gone(self, wait_s: float) -> Iterator[bool]:
+        """Wait (at most `wait_s`) until no process holds `working`, and keep new ones waiting
+        while the block runs; yields whether they were all gone in time. A run being ended and
+        cleaned uses it: a candidate's coder, killed a moment before, may still be at work."""
+        lock = self._open_lock("workers.lock")
+        if lock is None:
+            yield True
+            return
+        try:
+            yield _flock_within(lock, wait_s)
+        finally:
+            os.close(lock)
+
+    def _open_lock(self, name: str) -> int | None:
+        try:
+            return os.open(
+                self.directory / name,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                PRIVATE_FILE,
+            )
+        except FileNotFoundError:  # no record (here): nothing to hold
+            return None
+
+    @contextmanager
     def cleaning(self, wait_s: float = CLEAN_WAIT_S) -> Iterator[None]:
         """Held while a janitor cleans the run: one at a time, whichever process (two at once
         each found the other's removals gone and reported them as failures). A run whose record
         is gone already has nothing to hold. Waits at most `wait_s`, then RunBusy."""
-        try:
-            lock = os.open(
-                self.directory / ".clean.lock",
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                PRIVATE_FILE,
-            )
-        except FileNotFoundError:
+        lock = self._open_lock(".clean.lock")
+        if lock is None:
             yield
             return
         try:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RunBusy(
-                            f"run {self.run_id} is being cleaned by another process",
-                            hint="try again once that clean has ended",
-                        ) from None
-                    time.sleep(0.1)
+            if not _flock_within(lock, wait_s):
+                raise RunBusy(
+                    f"run {self.run_id} is being cleaned by another process",
+                    hint="try again once that clean has ended",
+                )
             yield
         finally:
             os.close(lock)
@@ -208,6 +236,19 @@ class RunRecord:
                 raise
             fcntl.flock(lock, fcntl.LOCK_UN)
         return False
+
+
+def _flock_within(lock: int, wait_s: float, *, shared: bool = False) -> bool:
+    """Take `lock` (exclusively, or `shared`) within `wait_s` seconds; whether it was taken."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(lock, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
 
 @contextmanager

@@ -1,18 +1,24 @@
 """One clean of a run at a time, whichever process asks: a second waits for the first (bounded),
-then finds nothing left and reports no failures."""
+then finds nothing left and reports no failures. A whole run's clean waits for the coders still at
+work on it, and a coder does nothing more for a run that has ended."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 
-from flakebot.errors import RunBusy
+from flakebot.errors import RoleLost, RunBusy
 from flakebot.janitor import Janitor
+from flakebot.journal import Journal
+from flakebot.roles import DeveloperRole
 from flakebot.runstate import RunRecord
 from flakebot.settings import Settings
-from messages import CleanupReport, CleanupRequest
+from messages import CleanupReport, CleanupRequest, CrateCandidate, RunEvent
+from tests.samples import SAMPLES, SPEC
 
 
 def a_run(settings: Settings, run_id: str, workspaces: int) -> RunRecord:
@@ -73,3 +79,38 @@ def test_a_clean_held_too_long_is_run_busy(settings: Settings) -> None:
         RunRecord(settings.home, "held").cleaning(wait_s=0.3),
     ):
         pass
+
+
+def test_a_whole_run_clean_waits_for_its_coders_at_work(settings: Settings) -> None:
+    record = a_run(settings, "busy", workspaces=1)
+    reports: list[CleanupReport] = []
+    clean = threading.Thread(
+        target=lambda: reports.append(Janitor(settings).clean(CleanupRequest(run_id="busy")))
+    )
+    with record.working():  # a coder, killed with its run a moment ago, still at work
+        clean.start()
+        time.sleep(1.0)
+        assert clean.is_alive() and (settings.workspaces_dir / "busy" / "c0").exists()
+    clean.join(timeout=60)
+    (report,) = reports
+    assert len(report.removed) == 1 and report.failures == []
+    with record.working():  # the record is gone: nothing to hold, and no record made again
+        assert not record.directory.exists()
+
+
+def test_a_coder_does_nothing_more_for_a_run_that_has_ended(settings: Settings) -> None:
+    candidate = SAMPLES["crate_candidate"]
+    assert isinstance(candidate, CrateCandidate)
+    run_id = candidate.run_id
+    RunRecord(settings.home, run_id).add("workspace", settings.workspaces_dir / run_id,
+                                         candidate_id=None)  # fmt: skip
+    journal = Journal(settings.journal_path)
+    for seq, event in enumerate(("run_started", "run_failed")):
+        journal.append(
+            run_id,
+            RunEvent(run_id=run_id, seq=seq, at=datetime.now(UTC), step="run", event=event),
+        )
+    role = DeveloperRole(settings, None, tester=None)  # type: ignore[arg-type]
+    with pytest.raises(RoleLost, match="has ended \\(failed\\): nothing more is done"):
+        asyncio.run(role.develop(candidate, SPEC))
+    assert not (settings.workspaces_dir / run_id).exists()  # no fork was made
