@@ -6,9 +6,11 @@ prints `{"pid": ..., "port": ...}` and returns at once, leaving a detached child
 so it outlives the deployer that started it, and is not a direct child of a Ray worker) that runs
 the service in the tool sandbox with the relay (flakebot.service_relay) in front of it.
 
-Stopping that child stops everything: bubblewrap runs with --die-with-parent, so when the child
-dies (SIGTERM: it kills the sandbox first; SIGKILL: the kernel does), the sandbox dies with it.
-The janitor finds the child by its pid and start time, and checks that it is this program.
+The service's output (stdout and stderr) goes to its log through the child, at most LOG_LIMIT
+bytes of it. Stopping that child stops everything: bubblewrap runs with --die-with-parent, so
+when the child dies (SIGTERM: it kills the sandbox first; SIGKILL: the kernel does), the sandbox
+dies with it. The janitor finds the child by its pid and start time, and checks that it is this
+program.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +32,8 @@ from flakebot.sandbox import etc_files
 from flakebot.tool_sandbox import ToolSandbox
 
 PROGRAM = "flakebot.service_host"
+LOG_LIMIT = 16 * 1024 * 1024  # bytes of a service's output kept in its log
+CHUNK = 65536
 
 
 class ServiceJob(BaseModel):
@@ -51,6 +56,35 @@ def relay_command(listen_fd: int, port: int, service: list[str]) -> tuple[list[s
     return argv, needed
 
 
+def copy_capped(source: int, sink: int, limit: int) -> int:
+    """Copy `source` to `sink` until its end, at most `limit` bytes of it; past that, one line
+    saying so, and the rest is read and dropped (a service decides how much it prints: it must
+    not fill the host's disk). A sink that fails (a full disk) is given up, and `source` still
+    drained, so the service never blocks on its output. Returns the bytes dropped."""
+    written = dropped = 0
+    told = False
+    while chunk := os.read(source, CHUNK):
+        kept = chunk[: max(limit - written, 0)]
+        try:
+            if kept:
+                _write_all(sink, kept)
+            if len(chunk) > len(kept) and not told:
+                told = True
+                notice = f"\n[{PROGRAM}: the log passed {limit} bytes; the rest is dropped]\n"
+                _write_all(sink, notice.encode())
+        except OSError:
+            limit, told, kept = written, True, b""  # keep reading, write no more
+        written += len(kept)
+        dropped += len(chunk) - len(kept)
+    return dropped
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def host(job: ServiceJob, listener: socket.socket) -> int:
     """Run the service's sandbox until it ends or this process is told to stop."""
     port = listener.getsockname()[1]
@@ -63,8 +97,17 @@ def host(job: ServiceJob, listener: socket.socket) -> int:
             command, workdir=workdir, data_fds=data_fds, read_only=needed
         )
         sandbox = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, pass_fds=[listener.fileno(), *data_fds.values()]
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=[listener.fileno(), *data_fds.values()],
         )
+    assert sandbox.stdout is not None
+    logging = threading.Thread(
+        target=copy_capped, args=(sandbox.stdout.fileno(), 1, LOG_LIMIT), daemon=True
+    )
+    logging.start()
 
     def stop(signum: int, frame: object) -> None:
         sandbox.kill()  # bwrap's --die-with-parent takes the sandbox with it
@@ -72,6 +115,7 @@ def host(job: ServiceJob, listener: socket.socket) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     code = sandbox.wait()
+    logging.join(5)
     listener.close()
     shutil.rmtree(workdir, ignore_errors=True)
     return code
