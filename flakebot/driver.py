@@ -300,9 +300,13 @@ class Flakebot:
         return StepFailed(run_id=run_id, step=step, error_type=kind, reason=reason)
 
     def build(
-        self, request: Request, *, on_event: Callable[[RunEvent], None] | None = None
+        self,
+        request: Request,
+        *,
+        on_event: Callable[[RunEvent], None] | None = None,
+        run_id: str | None = None,
     ) -> ToolManifest:
-        return asyncio.run(self.abuild(request, on_event=on_event))
+        return asyncio.run(self.abuild(request, on_event=on_event, run_id=run_id))
 
     def resume(
         self, run_id: str, *, on_event: Callable[[RunEvent], None] | None = None

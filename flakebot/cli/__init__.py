@@ -96,6 +96,7 @@ def _version(value: bool) -> None:
 
 
 _debug = {"on": False}
+interrupted = {"hint": ""}  # what a command interrupted by Ctrl-C tells the user to do next
 
 
 @app.callback()
@@ -180,14 +181,16 @@ def main() -> None:
         report_error(exc)
         sys.exit(exit_code(exc))
     except (KeyboardInterrupt, typer.Abort):
-        err.print("[red]error:[/] interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
     except Exception as exc:
-        if type(exc).__name__ == "Abort":  # Ctrl-C, as the command-line parser reports it
-            err.print("[red]error:[/] interrupted")
-            sys.exit(EXIT_INTERRUPTED)
-        report_crash(exc)
-        sys.exit(EXIT_INTERNAL)
+        if type(exc).__name__ != "Abort":  # Ctrl-C, as the command-line parser reports it
+            report_crash(exc)
+            sys.exit(EXIT_INTERNAL)
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:  # typer returns it for Ctrl-C in a command
+        err.print("[red]error:[/] interrupted")
+        if interrupted["hint"]:
+            err.print(f"[dim]hint:[/] {escape(interrupted['hint'])}")
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -10,9 +10,20 @@ import typer
 from rich.markup import escape
 
 from flakebot import manifest as manifests
-from flakebot.cli import JsonFlag, RegistryOption, app, err, load_settings, out, print_json
+from flakebot.cli import (
+    JsonFlag,
+    RegistryOption,
+    app,
+    err,
+    interrupted,
+    load_settings,
+    out,
+    print_json,
+)
 from flakebot.cli.coding import ModelOption
-from flakebot.driver import Flakebot
+from flakebot.driver import Flakebot, new_run_id
+from flakebot.journal import Journal
+from flakebot.settings import Settings
 from messages import RunEvent, ToolManifest, dump_message
 
 MARKS = {
@@ -69,8 +80,12 @@ def run_command(
         timeout=timeout,
         settings=settings,
     )
+    run_id = new_run_id()
     try:
-        manifest = bot.build(request, on_event=show)
+        manifest = bot.build(request, on_event=show, run_id=run_id)
+    except KeyboardInterrupt:
+        _stopped(settings, run_id)
+        raise
     finally:
         bot.close()
     _print(manifest, as_json=as_json)
@@ -87,12 +102,30 @@ def resume_command(
     are reused at their commit, green reports are not rerun, a deployed store path is reused,
     and journalled model replies are not asked for again. Prints what `flakebot run` prints.
     """
-    bot = Flakebot(settings=load_settings())
+    settings = load_settings()
+    bot = Flakebot(settings=settings)
     try:
         manifest = bot.resume(run_id, on_event=show)
+    except KeyboardInterrupt:
+        _stopped(settings, run_id)
+        raise
     finally:
         bot.close()
     _print(manifest, as_json=as_json)
+
+
+def _stopped(settings: Settings, run_id: str) -> None:
+    """After Ctrl-C: what the user can do with the run (said after `error: interrupted`)."""
+    journal = Journal(settings.journal_path)
+    try:
+        row = journal.run(run_id)
+    finally:
+        journal.close()
+    if row is not None and row.state == "running":
+        interrupted["hint"] = (
+            f"run {run_id} stopped: `flakebot resume {run_id}` goes on with it, "
+            f"`flakebot clean {run_id}` removes what it made"
+        )
 
 
 def show(event: RunEvent) -> None:

@@ -1,0 +1,60 @@
+"""Ctrl-C on `flakebot run` (SIGINT, as a terminal sends it): the run stops at once with exit
+code 130, and says what became of it: a killed run, which `flakebot resume` could go on with and
+`flakebot clean` removes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FLAKEBOT, Cli
+from tests.test_resume_run import processes_of
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_ctrl_c_stops_the_run_and_names_what_to_do_with_it(home: Path, cli: Cli) -> None:
+    run = subprocess.Popen(
+        [str(FLAKEBOT), "run", str(EXAMPLES / "hexview.yaml"), "--candidates", "1",
+         "--model", f"scripted:{EXAMPLES / 'hexview-script.yaml'}"],
+        env={**os.environ, "FLAKEBOT_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert run.stderr is not None
+    run_id = None
+    for line in run.stderr:  # run events, as JSON lines (stderr is not a terminal)
+        if line.startswith("{"):
+            event = json.loads(line)
+            run_id = event["run_id"]
+            if event["event"] == "candidate_started":  # its coder and tester are at work
+                break
+    assert run_id is not None
+    time.sleep(1.0)
+    interrupted = time.monotonic()
+    run.send_signal(signal.SIGINT)
+    _, rest = run.communicate(timeout=120)
+    assert run.returncode == 130, rest
+    assert time.monotonic() - interrupted < 30  # not the rest of the run
+    said = [line for line in rest.splitlines() if not line.startswith("{")][-2:]
+    assert said == [
+        "error: interrupted",
+        f"hint: run {run_id} stopped: `flakebot resume {run_id}` goes on with it, "
+        f"`flakebot clean {run_id}` removes what it made",
+    ], rest
+    status = cli("status")
+    assert f"{run_id}  killed" in status.stdout, status.stdout
+    assert cli("clean", run_id).code == 0
+    assert not (home / "runs" / run_id).exists()
+    deadline = time.monotonic() + 30
+    while processes_of(home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_of(home) == []
