@@ -12,19 +12,27 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import FLAKEBOT, Cli
-from tests.test_resume_run import processes_of
+from tests.registry_helpers import make_todohex
+from tests.test_resume_run import SCRIPT, SPEC, processes_of
 
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_ctrl_c_stops_the_run_and_names_what_to_do_with_it(home: Path, cli: Cli) -> None:
+def test_ctrl_c_stops_the_run_and_names_what_to_do_with_it(
+    home: Path, cli: Cli, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry"
+    make_todohex(registry, build_s=120)  # its build takes long: the run is surely interrupted
+    spec, script = tmp_path / "hexdump.yaml", tmp_path / "script.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    script.write_text(yaml.safe_dump(SCRIPT))
     run = subprocess.Popen(
-        [str(FLAKEBOT), "run", str(EXAMPLES / "hexview.yaml"), "--candidates", "1",
-         "--model", f"scripted:{EXAMPLES / 'hexview-script.yaml'}"],
-        env={**os.environ, "FLAKEBOT_HOME": str(home)},
+        [str(FLAKEBOT), "run", str(spec), "--model", f"scripted:{script}",
+         "--registry", f"local:{registry}", "--candidates", "1"],
+        env={**os.environ, "FLAKEBOT_HOME": str(home), "FLAKEBOT_FORBID_REAL_MODELS": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
