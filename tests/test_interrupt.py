@@ -36,20 +36,28 @@ def test_ctrl_c_stops_the_run_and_names_what_to_do_with_it(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as a terminal starts it: a test run in the background (CI) has SIGINT ignored, and
+        # an ignored signal stays ignored across exec
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    assert run.stderr is not None
-    run_id = None
-    for line in run.stderr:  # run events, as JSON lines (stderr is not a terminal)
-        if line.startswith("{"):
-            event = json.loads(line)
-            run_id = event["run_id"]
-            if event["event"] == "candidate_started":  # its coder and tester are at work
-                break
-    assert run_id is not None
-    time.sleep(1.0)
-    interrupted = time.monotonic()
-    run.send_signal(signal.SIGINT)
-    _, rest = run.communicate(timeout=120)
+    try:
+        assert run.stderr is not None
+        run_id = None
+        for line in run.stderr:  # run events, as JSON lines (stderr is not a terminal)
+            if line.startswith("{"):
+                event = json.loads(line)
+                run_id = event["run_id"]
+                if event["event"] == "candidate_started":  # its coder and tester are at work
+                    break
+        assert run_id is not None
+        time.sleep(1.0)
+        interrupted = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        _, rest = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        run.communicate()
     assert run.returncode == 130, rest
     assert time.monotonic() - interrupted < 30  # not the rest of the run
     said = [line for line in rest.splitlines() if not line.startswith("{")][-2:]
