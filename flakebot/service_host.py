@@ -28,12 +28,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from flakebot.proc import CHUNK
 from flakebot.sandbox import etc_files
 from flakebot.tool_sandbox import ToolSandbox
 
 PROGRAM = "flakebot.service_host"
 LOG_LIMIT = 16 * 1024 * 1024  # bytes of a service's output kept in its log
-CHUNK = 65536
 
 
 class ServiceJob(BaseModel):
