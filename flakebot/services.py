@@ -159,6 +159,8 @@ def check_loopback_only(process: ServiceProcess) -> None:
 
 
 def _tail(path: str, chars: int = 2_000) -> str:
-    with contextlib.suppress(OSError):
-        return Path(path).read_text(errors="replace")[-chars:]
+    """The end of a log (read from its end: a service's log may be as large as LOG_LIMIT)."""
+    with contextlib.suppress(OSError), open(path, "rb") as file:
+        file.seek(max(file.seek(0, os.SEEK_END) - 4 * chars, 0))
+        return file.read().decode(errors="replace")[-chars:]
     return ""

@@ -55,7 +55,9 @@ def test_a_service_that_prints_without_measure_fills_its_log_only_to_the_limit(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "service.log"
-    flood = f"head -c {LOG_LIMIT + 8 * MIB} /dev/zero | tr '\\0' y; exit 3"
+    # it waits first: services.start refuses a service that has already ended (fairly: it checks
+    # the host is running), and 24 MiB takes a fraction of a second
+    flood = f"sleep 3; head -c {LOG_LIMIT + 8 * MIB} /dev/zero | tr '\\0' y; exit 3"
     job = ServiceJob(bin_path="/bin/sh", args=["-c", flood], closure=[], log=str(log))
     host = services.start(job)
     deadline = time.monotonic() + 120
@@ -65,3 +67,11 @@ def test_a_service_that_prints_without_measure_fills_its_log_only_to_the_limit(
     size = log.stat().st_size
     assert LOG_LIMIT <= size < LOG_LIMIT + 200, size
     assert f"[{PROGRAM}: the log passed {LOG_LIMIT} bytes".encode() in log.read_bytes()[-200:]
+
+
+def test_an_error_shows_the_end_of_a_large_log(tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    log.write_bytes(b"a" * (4 * MIB) + "é the end\n".encode())
+    tail = services._tail(str(log), chars=100)
+    assert tail.endswith("é the end\n") and len(tail) == 100
+    assert services._tail(str(tmp_path / "missing")) == ""
