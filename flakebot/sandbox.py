@@ -10,6 +10,8 @@ time, and when a deployed tool runs (`--help`, worked examples, services). All o
   read-only, and writes only where Flakebot says: a fork and its target dir, or a scratch dir;
 - a fork's `.git` and `.cargo` are bound read-only over the writable fork, so nothing inside can
   plant a git option that runs a command, or change the registry config Flakebot wrote;
+- the parts of /proc that set the kernel's behaviour (/proc/sys, /proc/sysrq-trigger, ...) are
+  read-only: uid 0 may write them without any capability;
 - /etc holds only a synthetic passwd and group and what the dynamic linker needs; /tmp and HOME
   are private and vanish afterwards;
 - no network namespace is shared: nothing can connect anywhere, not even to loopback services
@@ -42,6 +44,14 @@ SANDBOX_HOME = "/tmp/flakebot-home"
 PASSED_THROUGH = ("LANG", "LC_ALL", "TERM", "SOURCE_DATE_EPOCH")
 # Directories of a fork that stay read-only inside the sandbox even though the fork is writable.
 PROTECTED_IN_FORK = (".git", ".cargo")
+# Parts of /proc that change the kernel, not the sandbox: the process runs as uid 0 (without
+# capabilities), and a sysctl write or /proc/sysrq-trigger checks the uid only. core_pattern or
+# modprobe set to a program of the fork's would have the kernel run it as root on the host. They
+# are bound read-only over the sandbox's own /proc (Docker covers the same ones).
+PROC_READ_ONLY = tuple(
+    f"/proc/{name}"
+    for name in ("sys", "sysrq-trigger", "fs", "irq", "bus", "acpi", "scsi", "latency_stats")
+)
 # What a process with the network needs from /etc to resolve names and check certificates.
 NETWORK_FILES = (
     "/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates",
@@ -127,6 +137,7 @@ def confinement(
         "--ro-bind-try", "/etc/alternatives", "/etc/alternatives",
         "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
         "--proc", "/proc",
+        *[arg for part in PROC_READ_ONLY for arg in ("--ro-bind-try", part, part)],
         "--dev", "/dev",
         "--tmpfs", "/tmp",
         "--dir", SANDBOX_HOME,

@@ -176,6 +176,22 @@ def test_no_capability_can_undo_a_read_only_bind(sandbox: Sandbox, tmp_path: Pat
     assert (workdir / ".git" / "config").read_text() == "[core]\n"
 
 
+def test_the_kernels_settings_are_read_only(sandbox: Sandbox, tmp_path: Path) -> None:
+    """uid 0 may write a sysctl without any capability: core_pattern set to a program in the fork
+    would have the kernel run it as root on the host. (On failure it writes back the same value.)"""
+    script = (
+        "v=$(cat /proc/sys/kernel/core_pattern); "
+        "printf '%s' \"$v\" > /proc/sys/kernel/core_pattern && echo core-pattern-written; "
+        "grep -E ' /proc/sys ' /proc/self/mountinfo"
+    )
+    done = sandbox.run(
+        ["sh", "-c", script], workdir=tmp_path, target_dir=tmp_path / "t", timeout=30
+    )
+    assert "core-pattern-written" not in done.stdout
+    assert "Read-only file system" in done.stderr, done.stderr
+    assert done.stdout.split(" /proc/sys ")[1].startswith("ro,"), done.stdout
+
+
 def test_etc_holds_a_synthetic_passwd_and_nothing_of_the_host(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
