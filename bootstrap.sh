@@ -55,6 +55,26 @@ fi
 crates=$(find /usr/share/cargo/registry -mindepth 1 -maxdepth 1 -type d | wc -l)
 note "crate sources in /usr/share/cargo/registry: $crates"
 
+step "Nix build users"
+# Nix run by root builds as one of these users: a builder running as root on the host could write
+# /proc/sys (kernel.core_pattern: a program the kernel runs as root). Flakebot refuses to build
+# as root without them.
+made=0
+getent group nixbld >/dev/null || as_root groupadd --system nixbld \
+  || fail "could not make the group nixbld" "run: groupadd --system nixbld"
+for i in $(seq 1 32); do
+  if ! getent passwd "nixbld$i" >/dev/null; then
+    as_root useradd --system --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin \
+      --gid nixbld --groups nixbld --comment "Nix build user $i" "nixbld$i" \
+      || fail "could not make the build user nixbld$i" "see useradd's message above"
+    made=$((made + 1))
+  fi
+done
+members=$(getent group nixbld | cut -d: -f4 | tr ',' '\n' | grep -c . || true)
+[ "$members" -gt 0 ] || fail "the group nixbld has no members" \
+  "add the build users to it: usermod -a -G nixbld nixbld1 (and so on)"
+note "group nixbld: $members build users ($made made now)"
+
 step "Rust toolchain"
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 if ! command -v cargo >/dev/null; then

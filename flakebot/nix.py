@@ -1,8 +1,15 @@
 """Nix behind a narrow interface: offline flake builds and deleting our own store paths by name.
 
-This machine's Nix (2.8, Debian's nix-bin) needs flakes switched on per command, no substituters
-(there is no network), and, as root without a `nixbld` group, an empty `build-users-group`. Builds
-stay sandboxed; host paths a build needs (a shell, libc, a toolchain) are bound in explicitly.
+This machine's Nix (2.8, Debian's nix-bin) needs flakes switched on per command and no
+substituters (there is no network). Builds stay sandboxed; host paths a build needs (a shell,
+libc, a toolchain) are bound in explicitly.
+
+A build runs code of the crate's (build scripts, proc macros, the model's edits). Run by root
+with no build users, Nix maps its builder to root on the host: it may then write /proc/sys (a
+sysctl checks the uid only), e.g. kernel.core_pattern set to a program of its own, which the
+kernel would run as root on the host. So as root a build runs as one of the `nixbld` group's
+users (./bootstrap.sh makes nixbld1..nixbld32), and without them Flakebot builds nothing
+(MachineNotReady naming the fix). A user other than root builds as itself.
 Store paths are removed by name, never by a global collection, which would also delete unrooted
 paths that are not ours. Deletion uses `nix-store --delete`: Nix 2.8's `nix store delete` reads a
 `.drv` path as "the outputs of this derivation" and tries to build it instead of deleting it.
@@ -20,6 +27,7 @@ would, so that Nix stops its builder and removes the build's chroot before it ex
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import platform
@@ -31,23 +39,51 @@ from pathlib import Path
 
 import structlog
 
-from flakebot.errors import CommandFailed
+from flakebot.errors import CommandFailed, MachineNotReady
 from flakebot.proc import run, which
 from flakebot.sandbox import require_bwrap
 
 log = structlog.get_logger()
 
 NIX_HINT = "apt-get install nix-bin (or run ./bootstrap.sh)"
+BUILD_USERS_GROUP = "nixbld"
+BUILD_USERS_HINT = (
+    "run ./bootstrap.sh: it makes the group nixbld and the build users nixbld1..nixbld32 "
+    "(groupadd --system nixbld; useradd --system --gid nixbld --groups nixbld ... nixbldN)"
+)
 EXPERIMENTAL = ["--extra-experimental-features", "nix-command flakes"]
 # What a sandboxed builder needs from the host to run /bin/sh and dynamically linked programs.
 BASE_SANDBOX_PATHS = ("/bin/sh", "/lib", "/lib64", "/usr")
 
 
-def offline_options(sandbox_paths: Sequence[str] = BASE_SANDBOX_PATHS) -> list[str]:
-    """Flags for a build with no network, as root, with host paths bound into the sandbox."""
+def build_users_group(*, building: bool = True) -> str:
+    """The group whose users Nix builds as: `nixbld` for root (MachineNotReady if it has no
+    users, when `building`), none for another user (Nix builds as that user)."""
+    if os.geteuid() != 0:
+        return ""
+    try:
+        members = grp.getgrnam(BUILD_USERS_GROUP).gr_mem
+    except KeyError:
+        members = []
+    if members:
+        return BUILD_USERS_GROUP
+    if building:
+        raise MachineNotReady(
+            f"Nix runs as root here and the group {BUILD_USERS_GROUP} has no build users: "
+            "a build would run as root on the host",
+            hint=BUILD_USERS_HINT,
+        )
+    return ""  # nothing is built (a query, a deletion): no builder runs
+
+
+def offline_options(
+    sandbox_paths: Sequence[str] = BASE_SANDBOX_PATHS, *, building: bool = True
+) -> list[str]:
+    """Flags for Nix with no network and host paths bound into the build sandbox; `building`
+    if the command may build (then as a build user, never as root: build_users_group)."""
     options = [
         "--option", "substituters", "",
-        "--option", "build-users-group", "",
+        "--option", "build-users-group", build_users_group(building=building),
     ]  # fmt: skip
     if sandbox_paths:
         options += ["--option", "extra-sandbox-paths", " ".join(sandbox_paths)]
@@ -209,7 +245,11 @@ class Nix:
     def derivation(self, installable: str, extra_args: Sequence[str] = ()) -> str:
         """The .drv path of a flake output (evaluated and written to the store, not built)."""
         argv = self._argv(
-            "path-info", "--derivation", *offline_options(()), *extra_args, installable
+            "path-info",
+            "--derivation",
+            *offline_options((), building=False),
+            *extra_args,
+            installable,
         )
         done = run(argv, timeout=300).check()
         return done.stdout.strip().splitlines()[-1]
@@ -238,7 +278,12 @@ class Nix:
     def source_path(self, flake_ref: str, extra_args: Sequence[str] = ()) -> str:
         """The store path holding the flake's source (what `path:` copied into the store)."""
         argv = self._argv(
-            "flake", "metadata", *offline_options(()), *extra_args, "--json", flake_ref
+            "flake",
+            "metadata",
+            *offline_options((), building=False),
+            *extra_args,
+            "--json",
+            flake_ref,
         )
         done = run(argv, timeout=120).check()
         path: str = json.loads(done.stdout)["path"]
@@ -249,6 +294,6 @@ class Nix:
         present = [path for path in store_paths if Path(path).exists()]
         if not present:
             return []
-        argv = [self.nix_store, *offline_options(()), "--delete", *present]
+        argv = [self.nix_store, *offline_options((), building=False), "--delete", *present]
         run(argv, timeout=300).check(hint="a path still rooted or in use cannot be deleted")
         return [path for path in present if not Path(path).exists()]

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 from pathlib import Path
 
-from flakebot.nix import BASE_SANDBOX_PATHS, Nix, current_system, offline_options
+import pytest
+
+from flakebot.errors import MachineNotReady
+from flakebot.nix import (
+    BASE_SANDBOX_PATHS,
+    BUILD_USERS_GROUP,
+    Nix,
+    build_users_group,
+    current_system,
+    offline_options,
+)
 
 FLAKE = """{
   outputs = { self }: {
@@ -30,7 +43,8 @@ def _flake(tmp_path: Path, name: str) -> str:
 def test_offline_options_disable_substituters_and_bind_host_paths() -> None:
     options = offline_options(["/bin/sh", "/usr"])
     assert options[options.index("substituters") + 1] == ""
-    assert options[options.index("build-users-group") + 1] == ""
+    expected = BUILD_USERS_GROUP if os.geteuid() == 0 else ""  # root builds as a build user
+    assert options[options.index("build-users-group") + 1] == expected
     assert options[-1] == "/bin/sh /usr"
     assert "extra-sandbox-paths" not in offline_options(())
 
@@ -93,3 +107,56 @@ def test_a_builder_cannot_write_the_host_paths_bound_into_its_sandbox(tmp_path: 
         assert not Path(targets[0]).exists() and not Path(targets[1]).exists()
     finally:
         nix.delete([out, built.drv_path])
+
+
+BUILDER_AS_ROOT = """{
+  outputs = { self }: {
+    packages.SYSTEM.default = derivation {
+      name = "flakebot-test-builder-uid-NONCE";
+      system = "SYSTEM";
+      builder = "/bin/sh";
+      args = [ "-c" ''
+        read -r inside host count < /proc/self/uid_map
+        echo "host-uid $host" >> $out
+        v=$(cat /proc/sys/kernel/core_pattern)
+        (printf '%s' "$v" > /proc/sys/kernel/core_pattern && echo sysctl-written) >> $out 2>&1
+        echo done >> $out
+      '' ];
+    };
+  };
+}
+"""
+
+
+def test_a_builder_is_not_root_on_the_host(tmp_path: Path) -> None:
+    """A builder mapped to uid 0 could write /proc/sys (kernel.core_pattern: a program the kernel
+    runs as root on the host). As root, Nix builds as a nixbld user. (A failing run writes back
+    the same value.)"""
+    text = BUILDER_AS_ROOT.replace("SYSTEM", current_system()).replace("NONCE", tmp_path.name[-12:])
+    (tmp_path / "flake.nix").write_text(text)
+    nix = Nix()
+    built = nix.build(f"path:{tmp_path}", timeout=300)
+    out = built.out_paths["out"]
+    try:
+        log = Path(out).read_text()
+    finally:
+        nix.delete([out, built.drv_path])
+    assert log.rstrip().endswith("done") and "sysctl-written" not in log, log
+    host_uid = int(log.split("host-uid ")[1].split()[0])
+    assert host_uid != 0, log
+    if os.geteuid() == 0:
+        members = grp.getgrnam(BUILD_USERS_GROUP).gr_mem
+        assert host_uid in {pwd.getpwnam(name).pw_uid for name in members}, log
+
+
+def test_root_without_build_users_builds_nothing_and_says_how_to_fix_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(grp, "getgrnam", lambda name: (_ for _ in ()).throw(KeyError(name)))
+    with pytest.raises(MachineNotReady, match="nixbld has no build users") as raised:
+        build_users_group()
+    assert "bootstrap.sh" in (raised.value.hint or "")
+    assert build_users_group(building=False) == ""  # a query or a deletion runs no builder
+    options = offline_options((), building=False)
+    assert options[options.index("build-users-group") + 1] == ""
