@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flakebot.errors import ConfigError
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 

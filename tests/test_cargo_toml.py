@@ -48,6 +48,32 @@ def test_binary_discovery(tmp_path: Path) -> None:
     assert not record.has_lib
 
 
+def test_binaries_are_not_looked_for_through_symlinks(tmp_path: Path) -> None:
+    """A crate (or a fork a build has written to) may point src at a host directory: the names
+    of the files there must not become binaries (they reach the prompt and the manifest)."""
+    host = tmp_path / "host"
+    (host / "bin").mkdir(parents=True)
+    (host / "main.rs").write_text("fn main() {}")
+    (host / "lib.rs").write_text("")
+    (host / "bin" / "secret-name.rs").write_text("fn main() {}")
+    crate = make_crate(tmp_path, "tool", "1.0.0", files={"README.md": ""})
+    (crate / "src").symlink_to(host)
+    record = read_crate(crate)
+    assert record.bin_names == () and not record.has_lib
+    other = make_crate(tmp_path / "b", "other", "1.0.0", files={"src/lib.rs": ""})
+    (other / "src" / "bin").symlink_to(host / "bin")
+    (other / "src" / "main.rs").symlink_to(host / "main.rs")
+    assert read_crate(other).bin_names == ()
+    assert read_crate(other).has_lib
+
+
+def test_a_binary_name_with_a_final_newline_is_not_a_name(tmp_path: Path) -> None:
+    crate = make_crate(
+        tmp_path, "tool", "1.0.0", extra_toml='[[bin]]\nname = "evil\\n"\npath = "src/e.rs"\n'
+    )
+    assert read_crate(crate).bin_names == ()
+
+
 def test_autobins_false_keeps_only_explicit_bins(tmp_path: Path) -> None:
     crate = make_crate(
         tmp_path,

@@ -94,6 +94,7 @@ def test_the_cli_makes_its_home_private(cli: Cli, tmp_path: Path) -> None:
         ("clean", ".."),
         ("clean", "/etc"),
         ("fork", "hexyl", "--run", "../x"),
+        ("clean", "run-1\n"),  # Python's $ would let a final newline through
     ],
 )
 def test_run_ids_from_the_command_line_cannot_leave_the_home(

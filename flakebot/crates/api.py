@@ -28,7 +28,7 @@ from flakebot.errors import CrateNotFound, RegistryUnavailable
 log = structlog.get_logger()
 
 Sleep = Callable[[float], Awaitable[None]]
-_CRATE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_CRATE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}\Z")
 
 
 class RateLimiter:

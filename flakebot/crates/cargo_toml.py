@@ -134,7 +134,7 @@ def _readme(path: Path, setting: object) -> str:
 
 
 _NOT_A_TOOL = re.compile(r"fixture|shim|(^|[-_])(test|tests|bench|example)s?([-_]|$)")
-BIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+BIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")
 
 
 def _binaries(
@@ -158,14 +158,14 @@ def _binaries(
     autobins = package.get("autobins", True) if isinstance(package, dict) else True
     if autobins is not False:
         discovered: list[tuple[str, str, bool]] = []
-        if (path / "src" / "main.rs").is_file():
+        if _own_file(path, "src/main.rs"):
             discovered.append((package_name, "src/main.rs", True))
         bin_dir = path / "src" / "bin"
-        if bin_dir.is_dir() and not bin_dir.is_symlink():
+        if _own_dir(path, "src/bin"):
             for entry in sorted(bin_dir.iterdir()):
-                if entry.suffix == ".rs" and entry.is_file():
+                if entry.suffix == ".rs" and _own_file(path, f"src/bin/{entry.name}"):
                     name, relative = entry.stem, f"src/bin/{entry.name}"
-                elif (entry / "main.rs").is_file():
+                elif _own_file(path, f"src/bin/{entry.name}/main.rs"):
                     name, relative = entry.name, f"src/bin/{entry.name}/main.rs"
                 else:
                     continue
@@ -187,7 +187,28 @@ def _has_lib(path: Path, manifest: dict[str, object]) -> bool:
         return True
     package = manifest.get("package")
     autolib = package.get("autolib", True) if isinstance(package, dict) else True
-    return autolib is not False and (path / "src" / "lib.rs").is_file()
+    return autolib is not False and _own_file(path, "src/lib.rs")
+
+
+def _own(path: Path, relative: str) -> Path | None:
+    """`path / relative` if no part of `relative` is a symlink: a crate's tree (or a fork a build
+    has written to) may point `src` at a host directory, whose listing must not be read."""
+    current = path
+    for part in relative.split("/"):
+        current = current / part
+        if current.is_symlink():
+            return None
+    return current
+
+
+def _own_file(path: Path, relative: str) -> bool:
+    found = _own(path, relative)
+    return found is not None and found.is_file()
+
+
+def _own_dir(path: Path, relative: str) -> bool:
+    found = _own(path, relative)
+    return found is not None and found.is_dir()
 
 
 def _features(manifest: dict[str, object]) -> dict[str, tuple[str, ...]]:

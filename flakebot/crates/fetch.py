@@ -40,8 +40,8 @@ from messages import RegistryRef
 log = structlog.get_logger()
 
 CRATES_IO_SOURCE = "registry+https://github.com/rust-lang/crates.io-index"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SAFE_VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,64}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_SAFE_VERSION = re.compile(r"^[0-9A-Za-z.+-]{1,64}\Z")
 
 
 def registry_slug(registry: RegistryRef) -> str:

@@ -20,7 +20,7 @@ _DEP_TABLES = (
     ("dev", ("dev-dependencies", "dev_dependencies")),
     ("build", ("build-dependencies", "build_dependencies")),
 )
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 class IndexDep(BaseModel):

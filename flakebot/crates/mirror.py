@@ -37,9 +37,9 @@ from flakebot.fork_files import read_regular
 
 log = structlog.get_logger()
 
-_DOWNLOAD = re.compile(r"^/api/v1/crates/([A-Za-z0-9_-]+)/([^/]+)/download$")
-_CRATE = re.compile(r"^/api/v1/crates/([A-Za-z0-9_-]+)$")
-_INDEX = re.compile(r"^/index/(?:1|2|3/[^/]+|[^/]{2}/[^/]{2})/([A-Za-z0-9_-]+)$")
+_DOWNLOAD = re.compile(r"^/api/v1/crates/([A-Za-z0-9_-]+)/([^/]+)/download\Z")
+_CRATE = re.compile(r"^/api/v1/crates/([A-Za-z0-9_-]+)\Z")
+_INDEX = re.compile(r"^/index/(?:1|2|3/[^/]+|[^/]{2}/[^/]{2})/([A-Za-z0-9_-]+)\Z")
 
 
 class Mirror:

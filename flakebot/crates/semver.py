@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from functools import total_ordering
 
 _VERSION = re.compile(
-    r"^(?P<major>\d+)\.(?P<minor>\d+)\.(?P<patch>\d+)(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
+    r"^(?P<major>\d+)\.(?P<minor>\d+)\.(?P<patch>\d+)(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?\Z"
 )
 _COMPARATOR = re.compile(
     r"^(?P<op>\^|~|=|>=|<=|>|<)?\s*(?P<major>\d+|\*|x|X)"
     r"(?:\.(?P<minor>\d+|\*|x|X))?(?:\.(?P<patch>\d+|\*|x|X))?(?:-(?P<pre>[0-9A-Za-z.-]+))?"
-    r"(?:\+[0-9A-Za-z.-]+)?$"
+    r"(?:\+[0-9A-Za-z.-]+)?\Z"
 )
 
 
