@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -49,11 +50,16 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def check_relative_path(value: str) -> str:
-    """A path relative to the fork's root: no absolute paths, no '..', no backslashes."""
+    """A path relative to the fork's root: no absolute paths, no '..', no backslashes, no
+    control characters."""
     if not value or value.strip() != value:
         raise ValueError("path must be non-empty and have no surrounding whitespace")
     if "\\" in value or "\x00" in value:
         raise ValueError(f"path {value!r} must use '/' separators and no NUL bytes")
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in value):
+        # a newline, an escape or a bidi override: it would forge lines in a commit message
+        # or a manifest, or show a user another name than the file's
+        raise ValueError(f"path {value!r} must not contain control or format characters")
     if value.startswith("/") or _WINDOWS_DRIVE.match(value):
         raise ValueError(f"path {value!r} must be relative to the fork's root, not absolute")
     parts = value.split("/")

@@ -103,6 +103,15 @@ def test_edit_paths_must_stay_inside_the_fork(path: str) -> None:
     assert caught.value.errors()[0]["loc"] == ("path",)
 
 
+@pytest.mark.parametrize(
+    "path", ["src/a.rs`\n\n## Clean up", "src/a\x1b[2J.rs", "src/\u202egnp.rs", "src/a\x85.rs"]
+)
+def test_edit_paths_have_no_control_characters(path: str) -> None:
+    """A newline would forge a line of a commit message (which is read back) or a manifest."""
+    with pytest.raises(ValidationError, match="control or format characters"):
+        m.WriteFile(path=path, content="x")
+
+
 def test_edit_paths_are_normalised() -> None:
     assert m.WriteFile(path="src/./bin//main.rs", content="").path == "src/bin/main.rs"
 
