@@ -19,6 +19,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from flakebot import redact
 from flakebot.home import private_umask
 from flakebot.settings import LogFormat, LogLevel
+from flakebot.shown import visible
 
 MASK = redact.MASK
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)", re.IGNORECASE)
@@ -80,6 +81,8 @@ def configure_logging(
     ]
     if use_json:
         processors.append(structlog.processors.format_exc_info)
+    else:  # a terminal obeys escapes: what a crate or a model wrote is shown, not obeyed
+        processors.append(_visible_values)
     processors.append(renderer)
     structlog.configure(
         processors=processors,
@@ -89,6 +92,12 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def _visible_values(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    return {
+        key: visible(value) if isinstance(value, str) else value for key, value in event.items()
+    }
 
 
 def bind_context(**context: str | int | None) -> None:

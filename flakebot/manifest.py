@@ -16,6 +16,7 @@ from pydantic import JsonValue
 
 from flakebot.errors import CommandTimedOut, ConfigError
 from flakebot.home import run_dir, write_private
+from flakebot.shown import fenced, inline_code, visible
 from flakebot.tool_sandbox import ToolSandbox
 from messages import (
     ChangedFile,
@@ -172,44 +173,45 @@ def build_manifest(
 
 
 def to_markdown(manifest: ToolManifest) -> str:
-    """The manifest as a page an agent (or a person) reads."""
+    """The manifest as a page an agent (or a person) reads. What others wrote (the crate's
+    metadata, the tool's output, the model's paths) is quoted so that it cannot pass for the
+    page's own words: blocks in fences it cannot close, lines kept to one (flakebot.shown)."""
     quote = " ".join(_shell_word(part) for part in manifest.run_command)
+    run_it = (
+        f"{quote} ARGS...\n{manifest.bin_path} ARGS...   # the same binary, straight from the store"
+    )
     lines = [
         f"# {manifest.name}",
         "",
-        manifest.summary,
+        _line(manifest.summary),
         "",
         "## Run it",
         "",
-        "```sh",
-        f"{quote} ARGS...",
-        f"{manifest.bin_path} ARGS...   # the same binary, straight from the store",
-        "```",
+        fenced(run_it, "sh"),
     ]
     if manifest.service_url:
         lines += ["", f"The service listens on {manifest.service_url}."]
     if manifest.help_text:
-        lines += ["", "## --help", "", "```text", manifest.help_text, "```"]
+        lines += ["", "## --help", "", fenced(manifest.help_text, "text")]
     if manifest.examples:
         lines += ["", "## Examples"]
         for example in manifest.examples:
-            lines += ["", f"### {example.name}", "", "```sh"]
             command = " ".join(_shell_word(part) for part in example.command)
             if example.stdin is not None:
                 command = f"printf %s {_shell_word(example.stdin)} | {command}"
-            lines += [command, "```", "", f"exit code {example.exit_code}; stdout:", "", "```text"]
-            lines += [example.stdout.rstrip("\n"), "```"]
+            lines += ["", f"### {_line(example.name)}", "", fenced(command, "sh"), ""]
+            lines += [f"exit code {example.exit_code}; stdout:", "", fenced(example.stdout, "text")]
     provenance = manifest.provenance
     lines += [
         "",
         "## Provenance",
         "",
         f"- crate: {provenance.crate_name} {provenance.crate_version}"
-        f" ({provenance.license or 'licence unknown'})",
-        f"- repository: {provenance.repository or 'unknown'}",
-        f"- registry: {provenance.registry}",
+        f" ({_line(provenance.license or 'licence unknown')})",
+        f"- repository: {_line(provenance.repository or 'unknown')}",
+        f"- registry: {_line(str(provenance.registry))}",
         f"- fork commit: {provenance.fork_commit}",
-        f"- toolchain: {provenance.toolchain}",
+        f"- toolchain: {_line(provenance.toolchain)}",
         f"- store path: {manifest.store_path} ({provenance.nar_hash})",
     ]
     source = provenance.source
@@ -217,25 +219,24 @@ def to_markdown(manifest: ToolManifest) -> str:
         if source.checksum:
             lines.append(f"- .crate sha256: {source.checksum}")
         if source.upstream_commit:
-            lines.append(f"- upstream: {source.upstream_repository} at {source.upstream_commit}")
+            upstream = _line(source.upstream_repository or "")
+            lines.append(f"- upstream: {upstream} at {source.upstream_commit}")
         elif source.note:
-            lines.append(f"- forked from the registry's source: {source.note}")
+            lines.append(f"- forked from the registry's source: {_line(source.note)}")
     if provenance.changes:
         lines += ["", "## Changes from the published crate", ""]
         lines += [
-            f"- {change.status} `{change.path}` (+{change.insertions} -{change.deletions})"
+            f"- {change.status} {inline_code(change.path)}"
+            f" (+{change.insertions} -{change.deletions})"
             for change in provenance.changes
         ]
-    lines += [
-        "",
-        "## Clean up",
-        "",
-        "```sh",
-        " ".join(manifest.cleanup_command),
-        "```",
-        "",
-    ]
+    lines += ["", "## Clean up", "", fenced(" ".join(manifest.cleanup_command), "sh"), ""]
     return "\n".join(lines)
+
+
+def _line(text: str) -> str:
+    """Text of others' on one line of Markdown, its control characters shown."""
+    return visible(" ".join(text.splitlines()))
 
 
 def _shell_word(text: str) -> str:

@@ -17,7 +17,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
@@ -36,6 +36,7 @@ from flakebot.home import ensure_home, private_umask, write_private
 from flakebot.logs import configure_logging
 from flakebot.redact import redact
 from flakebot.settings import Settings
+from flakebot.shown import visible
 from flakebot.specs import printable
 from messages import PROTOCOL_VERSION
 
@@ -46,8 +47,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Console(Console):
+    """A console that shows what others wrote (compiler messages, a model's summary, a tool's
+    help) without obeying it: control characters in strings become visible escapes."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        safe = [visible(item) if isinstance(item, str) else item for item in objects]
+        super().print(*safe, **kwargs)
+
+
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 RegistryOption = Annotated[
