@@ -204,12 +204,11 @@ class CodeLoop:
         """Edit and test until green or a bound. With `evidence` (a later step's failure, e.g. a
         Nix build log), the model is asked to fix that even though the tests pass."""
         root = Path(workspace.path)
-        package = root / Path(workspace.manifest_path).parent  # a workspace member, or the root
         bound = log.bind(candidate=workspace.candidate_id)
         resumed = self._resume_point(workspace) if evidence is None else None
         self._remember(workspace)
-        crate, bin_name = self._binary(package, spec, workspace)
-        self._install_acceptance(package, spec, bin_name)
+        crate, bin_name = self._binary(package_of(workspace), spec, workspace)
+        self._install_acceptance(package_of(workspace), spec, bin_name)
         if resumed is not None:  # its report is journalled: not tested again
             report, attempt = resumed, resumed.attempt
             bound.info("candidate_resumed", attempt=attempt, commit=report.commit)
@@ -255,6 +254,7 @@ class CodeLoop:
                 self._tell(AttemptOutcome(attempt, proposal.summary, None, problems))
                 continue
             feedback = []
+            package = package_of(workspace)  # checked again: the last test ran in the fork
             crate, bin_name = self._binary(package, spec, workspace)  # as the edits left it
             self._install_acceptance(package, spec, bin_name)  # edits may not change the cases
             report = await self._test(workspace, attempt=attempt)
@@ -346,7 +346,7 @@ class CodeLoop:
         changed Cargo.toml (by cargo in the sandbox, in a copy of which only the lock is
         taken). A prebuild of the export then builds the dependencies its deploy will need."""
         relative = Path(workspace.manifest_path).parent
-        package = root / relative
+        package = fork_files.package_root(root, relative.as_posix())  # the export holds links
         manifest = fork_files.read_text(package, "Cargo.toml")
         _, bin_name = self._binary(package, spec, workspace)
         self._install_acceptance(package, spec, bin_name)
@@ -445,3 +445,10 @@ class CodeLoop:
             last_report=report,
             detail=detail,
         )
+
+
+def package_of(workspace: Workspace) -> Path:
+    """The fork's package directory (a workspace member's, or the root), checked from the fork's
+    root: a sandboxed stage may have replaced a component of it with a symlink out."""
+    parent = Path(workspace.manifest_path).parent.as_posix()
+    return fork_files.package_root(Path(workspace.path), parent)

@@ -18,10 +18,10 @@ writes itself, so no git configuration, hook or symlink in the fork reaches a st
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,7 +233,7 @@ class Forker:
         if destination.exists():
             shutil.rmtree(destination)
         destination.mkdir(parents=True)
-        _export_tree(repo, commit.tree, destination, "")
+        _export_tree(repo, commit.tree, destination)
         return str(commit.id)
 
     def changes(self, workspace: Workspace, commit: str) -> list[ChangedFile]:
@@ -356,25 +356,40 @@ def fork_ids(root: Path, workspaces: Path) -> tuple[str, str]:
     return "local", safe or "package"
 
 
-def _export_tree(repo: pygit2.Repository, tree: pygit2.Tree, root: Path, prefix: str) -> None:
+def _export_tree(repo: pygit2.Repository, tree: pygit2.Tree, root: Path) -> None:
+    """Write `tree`'s files under `root`; a symlink only if it resolves inside the tree (through
+    its other links too: fork_files.links_outside)."""
+    entries = list(_tree_entries(repo, tree, ""))
+    links = {
+        path: data.decode("utf-8", errors="replace")
+        for path, mode, data in entries
+        if mode == _LINK
+    }
+    outside = set(fork_files.links_outside(links))
+    for relative, mode, data in entries:
+        if mode == _LINK:
+            if relative in outside:
+                log.info("export_symlink_skipped", path=relative, target=links[relative])
+            else:
+                fork_files.write_symlink(root, relative, links[relative])
+        else:
+            executable = mode == pygit2.enums.FileMode.BLOB_EXECUTABLE
+            fork_files.write_bytes(root, relative, data, mode=0o755 if executable else 0o644)
+
+
+_LINK = pygit2.enums.FileMode.LINK
+
+
+def _tree_entries(
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str
+) -> Iterator[tuple[str, int, bytes]]:
     for entry in tree:
         relative = f"{prefix}{entry.name}"
         content = repo[entry.id]
         if isinstance(content, pygit2.Tree):
-            _export_tree(repo, content, root, relative + "/")
-        elif not isinstance(content, pygit2.Blob):
-            continue  # a gitlink (submodule) has no content here
-        elif entry.filemode == pygit2.enums.FileMode.LINK:
-            target = content.data.decode("utf-8", errors="replace")
-            inside = posixpath.normpath(posixpath.join(posixpath.dirname(relative), target))
-            if target.startswith("/") or inside == ".." or inside.startswith("../"):
-                log.info("export_symlink_skipped", path=relative, target=target)
-                continue
-            fork_files.write_symlink(root, relative, target)
-        else:
-            executable = entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE
-            mode = 0o755 if executable else 0o644
-            fork_files.write_bytes(root, relative, content.data, mode=mode)
+            yield from _tree_entries(repo, content, relative + "/")
+        elif isinstance(content, pygit2.Blob):  # a gitlink (submodule) has no content here
+            yield relative, entry.filemode, content.data
 
 
 def _pruned_from_history(repo: pygit2.Repository) -> list[PrunedItem]:

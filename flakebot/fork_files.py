@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import posixpath
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
 from flakebot.errors import ForkError
@@ -82,6 +83,68 @@ def _unsafe(exc: OSError, shown: str) -> UnsafePath:
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return UnsafePath(f"{shown}: a symlink or a file where a directory should be")
     return UnsafePath(f"{shown}: {exc.strerror}")
+
+
+MAX_LINK_HOPS = 40  # the kernel's own bound on symlinks followed in one lookup
+
+
+def links_outside(links: Mapping[str, str]) -> list[str]:
+    """Those of a tree's symlinks (path -> target, paths relative to the tree's root) that
+    resolve outside it, or through too many links, when followed as the kernel follows them:
+    through the tree's other links too. Normalising a link's own text is not enough: with
+    `a/b/l -> ../..` inside, `x -> a/b/l/../../../etc` normalises to `etc` yet reaches the
+    parent of the tree (its `..` applies to where `l` leads, not to `a/b/l`)."""
+    return sorted(
+        path for path, target in links.items() if not _resolves_inside(path, target, links)
+    )
+
+
+def _resolves_inside(path: str, target: str, links: Mapping[str, str]) -> bool:
+    current = [part for part in posixpath.dirname(path).split("/") if part]
+    pending = [target]  # link targets still to walk, innermost last
+    hops = 0
+    while pending:
+        text = pending.pop()
+        if text.startswith("/"):
+            return False
+        parts = [part for part in text.split("/") if part not in ("", ".")]
+        for index, part in enumerate(parts):
+            if part == "..":
+                if not current:
+                    return False
+                current.pop()
+                continue
+            current.append(part)
+            followed = links.get("/".join(current))
+            if followed is not None:
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    return False
+                current.pop()
+                rest = "/".join(parts[index + 1 :])
+                if rest:
+                    pending.append(rest)
+                pending.append(followed)
+                break
+    return True
+
+
+def package_root(root: Path, relative: str | PurePosixPath) -> Path:
+    """root/relative, a directory of the fork (a workspace member's package directory, or the
+    root itself for ".") reached from the fork's root without following a symlink: the path to
+    hand to this module's functions, and to readers of a crate, as their root.
+
+    The functions here trust their `root` and check only what lies below it, so a package
+    directory must be checked from the fork's root each time after a sandboxed stage or an
+    edit has run: a build script may have replaced a component of it (`p` in `p/pkg`) with a
+    symlink to `/`. Nothing changes the fork between this check and the host's use of the path
+    (the sandbox and its processes are gone). UnsafePath if it goes through a symlink or is not
+    there."""
+    parts = [] if str(relative) in ("", ".") else _parts(relative)
+    with _directory(root, parts, create=False) as found:
+        if found is None:
+            raise UnsafePath(f"{relative}: the package directory is not in the fork")
+    return root.joinpath(*parts)
 
 
 def read_bytes(root: Path, relative: str, *, limit: int = DEFAULT_READ_LIMIT) -> bytes | None:

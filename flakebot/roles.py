@@ -19,7 +19,7 @@ import structlog
 
 from flakebot import manifest as manifests
 from flakebot.acceptance import choose_binary
-from flakebot.coder import CodeLoop, TestRunner
+from flakebot.coder import CodeLoop, TestRunner, package_of
 from flakebot.crates.cargo_toml import read_crate
 from flakebot.crates.fetch import dependency_dir
 from flakebot.crates.index import CrateIndex, index_path
@@ -333,7 +333,7 @@ class DeveloperRole:
 def deployed_binary(workspace: Workspace, spec: ToolSpec) -> str:
     """The binary to deploy: read from the fork as the edits left it (a library crate's coder
     added it), chosen as the acceptance cases chose it."""
-    crate = read_crate(Path(workspace.path) / Path(workspace.manifest_path).parent)
+    crate = read_crate(package_of(workspace))
     return choose_binary(spec, crate.tool_bins, workspace.crate_name, all_bins=crate.bin_names)
 
 

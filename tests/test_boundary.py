@@ -372,3 +372,65 @@ def test_a_service_record_is_read_back_with_its_identity(settings: Settings) -> 
     assert (item.pid, item.started) == (4242, 99)
     stored = json.loads(record.path.read_text())
     assert stored["items"][0]["started"] == 99
+
+
+def test_a_package_directory_swapped_for_a_symlink_is_refused_before_any_read_or_write(
+    tmp_path: Path,
+) -> None:
+    """A workspace member's package dir (`p/pkg`) in a fork: a build script replaces `p` with a
+    symlink to a host directory. The coder would read the host's files into the prompt and write
+    its acceptance test and Cargo.toml there; the package is checked from the fork's root."""
+    from flakebot.coder import package_of
+    from flakebot.fork_files import UnsafePath
+    from tests.samples import SAMPLES
+
+    fork, host = tmp_path / "fork", tmp_path / "host"
+    (fork / "p" / "pkg").mkdir(parents=True)
+    (fork / "p" / "pkg" / "Cargo.toml").write_text('[package]\nname = "m"\nversion = "0.1.0"\n')
+    (host / "pkg").mkdir(parents=True)
+    (host / "pkg" / "Cargo.toml").write_text("host file\n")
+    workspace = SAMPLES["workspace"].model_copy(
+        update={"path": str(fork), "manifest_path": "p/pkg/Cargo.toml"}
+    )
+    assert package_of(workspace) == fork / "p" / "pkg"  # as made: a real directory
+    assert package_of(workspace.model_copy(update={"manifest_path": "Cargo.toml"})) == fork
+    (fork / "p" / "pkg" / "Cargo.toml").unlink()
+    (fork / "p" / "pkg").rmdir()
+    (fork / "p").rmdir()
+    (fork / "p").symlink_to(host)
+    with pytest.raises(UnsafePath, match="a symlink"):
+        package_of(workspace)
+    with pytest.raises(UnsafePath):
+        acceptance.install(package_of(workspace), says("m", "x"), "m", registry_has_regex=False)
+    assert sorted(path.name for path in host.rglob("*")) == ["Cargo.toml", "pkg"]
+    assert (host / "pkg" / "Cargo.toml").read_text() == "host file\n"
+
+
+def test_an_export_leaves_out_a_link_that_escapes_through_another_link(tmp_path: Path) -> None:
+    """A build script commits `a/b/l -> ../..` (the tree's root) and `leak -> a/b/l/../secret`,
+    whose text normalises to `a/b/secret` but which reaches the tree's parent. The export is
+    the flake the agent's `nix run` builds: it must hold no link out."""
+    import os
+
+    import pygit2
+
+    from flakebot.fork import _export_tree
+
+    work = tmp_path / "fork"
+    (work / "a" / "b").mkdir(parents=True)
+    (work / "src.rs").write_text("fn main() {}\n")
+    os.symlink("../..", work / "a" / "b" / "l")
+    os.symlink("a/b/l/../secret", work / "leak")
+    os.symlink("a/b/l/src.rs", work / "fine")
+    (tmp_path / "secret").write_text("a host file\n")
+    repo = pygit2.init_repository(str(work))
+    repo.index.add_all()
+    tree = repo.index.write_tree()
+    signature = pygit2.Signature("t", "t@example.com")
+    repo.create_commit("HEAD", signature, signature, "c", tree, [])
+    export = tmp_path / "export"
+    export.mkdir()
+    _export_tree(repo, repo.head.peel(pygit2.Commit).tree, export)
+    assert (export / "a" / "b" / "l").is_symlink() and (export / "fine").is_symlink()
+    assert (export / "fine").read_text() == "fn main() {}\n"
+    assert not (export / "leak").exists() and not (export / "leak").is_symlink()

@@ -105,3 +105,27 @@ def test_an_inside_symlink_is_kept_as_a_link(tmp_path: Path) -> None:
     unpack(data, "evil", "1.0.0", tmp_path / "ok")
     assert (tmp_path / "ok/lib.rs").is_symlink()
     assert (tmp_path / "ok/lib.rs").readlink() == Path("src/lib.rs")
+
+
+def test_a_link_that_escapes_through_another_link_is_refused(tmp_path: Path) -> None:
+    """`l -> ../../..` stays inside, and `zz.rs -> ../a/b/c/l/../../../../dev/zero` normalises to
+    `dev/zero`; but its `..` apply to where `l` leads: it reaches /dev/zero (read by the pruner
+    on the host, it took the host's memory)."""
+    data = tarball(
+        MANIFEST,
+        link("evil-1.0.0/a/b/c/l", "../../.."),
+        link("evil-1.0.0/tests/zz.rs", "../a/b/c/l/../../../../dev/zero"),
+    )
+    with pytest.raises(CrateRejected, match=r"tests/zz\.rs -> .* points outside the crate"):
+        unpack(data, "evil", "1.0.0", tmp_path / "chain")
+    loop = tarball(MANIFEST, link("evil-1.0.0/x", "y"), link("evil-1.0.0/y", "x"))
+    with pytest.raises(CrateRejected, match="too many links"):
+        unpack(loop, "evil", "1.0.0", tmp_path / "loop")
+    fine = tarball(
+        MANIFEST,
+        file("evil-1.0.0/src/lib.rs"),
+        link("evil-1.0.0/s", "src"),
+        link("evil-1.0.0/docs/lib.rs", "../s/../src/lib.rs"),
+    )
+    unpack(fine, "evil", "1.0.0", tmp_path / "fine")
+    assert (tmp_path / "fine/docs/lib.rs").read_text() == "x"

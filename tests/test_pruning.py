@@ -135,3 +135,18 @@ def test_a_readme_included_as_the_crate_docs_counts_as_docs(tmp_path: Path) -> N
     )
     pruned = prune_dev_dependency(root, "hex-literal", reason="not in the registry")
     assert ("test", "lib doctests") in [(item.what, item.name) for item in pruned]
+
+
+def test_the_pruner_reads_no_file_through_a_symlink_or_a_fifo(tmp_path: Path) -> None:
+    """A test target linked to /dev/zero took the host's memory, one linked to a FIFO hung it."""
+    import os
+
+    from flakebot.crates.pruning import _targets_using
+
+    crate = make_crate(tmp_path, "p", "1.0.0", files={"tests/ok.rs": "use helper;\n"})
+    (crate / "tests" / "zero.rs").symlink_to("/dev/zero")
+    os.mkfifo(crate / "tests" / "fifo.rs")
+    (crate / "tests" / "mods.rs").write_text("mod inner;\n")
+    (crate / "tests" / "inner.rs").symlink_to(tmp_path / "host.rs")
+    (tmp_path / "host.rs").write_text("use helper;\n")
+    assert _targets_using(crate, {"helper"}) == ["tests/ok.rs"]

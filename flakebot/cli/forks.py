@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from flakebot import acceptance
 from flakebot.cli import JsonFlag, RegistryOption, app, load_settings, out, print_json
+from flakebot.coder import package_of
 from flakebot.crates.cargo_toml import package_dir, read_crate
 from flakebot.crates.fetch import dependency_dir
 from flakebot.crates.index import CrateIndex, index_path
@@ -137,7 +138,7 @@ def test_command(
     made = RunRecord(settings.home, run_id).fork(candidate_id)
     if made is not None and Path(made.workspace.path) == root:
         registry = dependency_dir(settings.home, made.workspace.registry)
-        package = root / Path(made.workspace.manifest_path).parent
+        package = package_of(made.workspace)
         name, version = made.candidate.name, made.candidate.version
     else:  # a package of yours, not a fork: its facts are read before anything of it runs
         registry = Path(

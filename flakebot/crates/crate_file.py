@@ -42,8 +42,13 @@ def pack(directory: Path, name: str, version: str) -> bytes:
     """The `.crate` of a crate directory: its files under `<name>-<version>/`, reproducibly."""
     prefix = f"{name}-{version}"
     buffer = io.BytesIO()
+    files = _walk(directory)
+    links = {
+        path: os.readlink(directory / path) for path in files if (directory / path).is_symlink()
+    }
+    outside = set(fork_files.links_outside(links))
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for relative in _walk(directory):
+        for relative in files:
             path = directory / relative
             info = tarfile.TarInfo(f"{prefix}/{relative}")
             info.mtime = _MTIME
@@ -51,11 +56,10 @@ def pack(directory: Path, name: str, version: str) -> bytes:
             info.uname = info.gname = ""
             status = path.lstat()
             if stat.S_ISLNK(status.st_mode):
-                target = os.readlink(path)
-                if not _inside(relative, target):
+                if relative in outside:
                     continue  # a link out of the crate (Debian's licence links): not the crate's
                 info.type = tarfile.SYMTYPE
-                info.linkname = target
+                info.linkname = links[relative]
                 info.mode = 0o777
                 tar.addfile(info)
                 continue
@@ -80,14 +84,6 @@ def _walk(directory: Path) -> list[str]:
     return sorted(found)
 
 
-def _inside(relative: str, target: str) -> bool:
-    """Does a symlink at `relative` with this target point inside the crate?"""
-    if target.startswith("/"):
-        return False
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(relative), target))
-    return resolved != ".." and not resolved.startswith("../")
-
-
 def unpack(data: bytes, name: str, version: str, destination: Path) -> list[str]:
     """Write the crate's files into `destination` (which must not exist); returns their paths.
 
@@ -97,6 +93,7 @@ def unpack(data: bytes, name: str, version: str, destination: Path) -> list[str]
     what = f"the .crate of {name} {version}"
     destination.mkdir(parents=True)
     written: list[str] = []
+    links: dict[str, str] = {}
     total = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
@@ -109,11 +106,7 @@ def unpack(data: bytes, name: str, version: str, destination: Path) -> list[str]
                 if member.isdir():
                     continue  # directories are made as files need them
                 if member.issym():
-                    if not _inside(relative, member.linkname):
-                        raise CrateRejected(
-                            f"{what} holds a symlink {member.name} -> {member.linkname} that "
-                            "points outside the crate; refusing it"
-                        )
+                    links[relative] = member.linkname  # checked once all are known
                     fork_files.write_symlink(destination, relative, member.linkname)
                     written.append(relative)
                     continue
@@ -136,6 +129,11 @@ def unpack(data: bytes, name: str, version: str, destination: Path) -> list[str]
         raise CrateRejected(f"{what} could not be unpacked safely: {exc.message}") from None
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise CrateRejected(f"{what} is not a readable gzipped tarball: {exc}") from None
+    for outside in fork_files.links_outside(links):  # through each other too, as the kernel
+        raise CrateRejected(
+            f"{what} holds a symlink {prefix}{outside} -> {links[outside]} that points outside "
+            "the crate (or through too many links); refusing it"
+        )
     if "Cargo.toml" not in written:
         raise CrateRejected(f"{what} has no {prefix}Cargo.toml")
     return written

@@ -159,16 +159,25 @@ def _targets_using(root: Path, identifiers: set[str]) -> list[str]:
             continue
         roots = sorted(base.glob("*.rs")) + sorted(base.glob("*/main.rs"))
         for target in roots:
-            files = [target, *_declared_modules(target)]
-            if any(uses.search(path.read_text(errors="replace")) for path in files):
+            files = [target, *_declared_modules(root, target)]
+            if any(uses.search(_text(root, path)) for path in files):
                 found.append(str(target.relative_to(root)))
     return found
 
 
-def _declared_modules(target: Path) -> list[Path]:
+def _text(root: Path, path: Path) -> str:
+    """A source file's text, read through fork_files (a crate's symlink is not followed, a FIFO
+    not read): "" if it is not a regular file of the crate's own."""
+    try:
+        return fork_files.read_text(root, path.relative_to(root).as_posix()) or ""
+    except fork_files.UnsafePath:
+        return ""
+
+
+def _declared_modules(root: Path, target: Path) -> list[Path]:
     """Files of the modules `target` declares with `mod name;`, and everything under them."""
     files: list[Path] = []
-    for name in _MOD_DECL.findall(target.read_text(errors="replace")):
+    for name in _MOD_DECL.findall(_text(root, target)):
         for candidate in (target.parent / f"{name}.rs", target.parent / name / "mod.rs"):
             if candidate.is_file():
                 files.append(candidate)
