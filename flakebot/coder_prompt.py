@@ -58,14 +58,21 @@ def edits_of(proposal: EditProposal) -> tuple[str, ...]:
 
 
 def commit_message(record: AttemptRecord) -> str:
+    """The attempt's commit message. Its history is read back from these lines (and Flakebot's
+    own, `upstream lints:` and `pruned:`), so what the model or a test wrote stays on the one
+    line it belongs to: a newline in a summary or a compiler message would forge a line."""
     lines = [
-        f"{ATTEMPT_PREFIX}{record.attempt}: {record.summary}",
+        f"{ATTEMPT_PREFIX}{record.attempt}: {_one_line(record.summary)}",
         "",
-        f"outcome: {record.outcome}",
+        f"outcome: {_one_line(record.outcome)}",
     ]
     if record.edits:
-        lines.append(f"edits: {'; '.join(record.edits)}")
+        lines.append(f"edits: {_one_line('; '.join(record.edits))}")
     return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
 
 
 def history_from_commits(messages: list[str]) -> list[AttemptRecord]:
@@ -132,7 +139,7 @@ def coder_prompt(
     history: list[AttemptRecord],
 ) -> str:
     root = Path(workspace.path)
-    package = root / Path(workspace.manifest_path).parent
+    package = fork_files.package_root(root, Path(workspace.manifest_path).parent.as_posix())
     spec_yaml = yaml.safe_dump(
         spec.model_dump(mode="json", exclude={"kind", "run_id", "protocol_version"}),
         sort_keys=False,
