@@ -81,7 +81,10 @@ class Toolchain:
             )
         rustup = shutil.which("rustup", path=search_path)
         if rustup is not None:
-            done = run([rustup, "which", "cargo"], timeout=60)
+            # from /, not the current directory: rustup honours a rust-toolchain.toml there and
+            # in its parents, and a build script can plant one in a fork naming its own "rustc",
+            # which version() would then run on the host
+            done = run([rustup, "which", "cargo"], timeout=60, cwd=Path("/"), env=_rust_env())
             if done.ok:
                 return cls(Path(done.stdout.strip()).resolve().parent.parent)
         return cls(Path(cargo).resolve().parent.parent)
@@ -95,8 +98,15 @@ class Toolchain:
         return all((self.bin_dir / name).exists() for name in ("cargo-clippy", "clippy-driver"))
 
     def version(self) -> str:
-        done = run([self.bin_dir / "rustc", "--version"], timeout=60).check()
+        rustc = self.bin_dir / "rustc"
+        done = run([rustc, "--version"], timeout=60, cwd=Path("/"), env=_rust_env()).check()
         return done.stdout.strip()
+
+
+def _rust_env() -> dict[str, str]:
+    """What rustup and rustc need of the environment on the host: no secret."""
+    names = ("PATH", "HOME", "RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN", "LANG", "LC_ALL")
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def require_bwrap() -> str:

@@ -234,3 +234,26 @@ def test_the_launcher_lowers_a_command_and_its_session_outside_the_sandbox() -> 
     if Path("/proc/self/autogroup").exists():
         assert done.stdout.split()[-2:] == ["nice", "7"]
         assert session_nice() != 7  # the caller's session is not touched
+
+
+def test_a_planted_rust_toolchain_file_runs_nothing_on_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build script writes rust-toolchain.toml into its fork naming a "toolchain" of its own;
+    a flakebot command run from inside that fork found it through rustup and ran its rustc."""
+    import shutil
+
+    if shutil.which("rustup") is None:
+        pytest.skip("rustup is what reads rust-toolchain.toml; this machine has none")
+    fake = tmp_path / "tc" / "bin"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    for name in ("cargo", "rustc"):
+        (fake / name).write_text(f"#!/bin/sh\necho ran > {marker}\necho 'rustc 0.0.0'\n")
+        (fake / name).chmod(0o755)
+    (tmp_path / "rust-toolchain.toml").write_text(f'[toolchain]\npath = "{tmp_path / "tc"}"\n')
+    monkeypatch.chdir(tmp_path)
+    toolchain = Toolchain.find()
+    assert toolchain.root != tmp_path / "tc"
+    assert toolchain.version().startswith("rustc 1.")
+    assert not marker.exists()
