@@ -18,7 +18,6 @@ process holds their run lock) unless forced, and say which they skipped.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from flakebot.nix import Nix
 from flakebot.prebuild import stop_runner
 from flakebot.runstate import Resource, RunRecord, all_runs
 from flakebot.settings import Settings
+from flakebot.trees import disk_usage, remove_tree
 from flakebot.verified import VerifiedResults
 from messages import CleanupFailure, CleanupReport, CleanupRequest, RemovedItem
 from messages.deploy import CleanupReason
@@ -39,20 +39,6 @@ log = structlog.get_logger()
 CLEAN_PASSES = 3  # clean --all: passes over the runs that still have something left
 IN_USE_WAITS_S = (0.5, 1.0, 2.0)  # store paths in use: waits before trying again
 WORKERS_WAIT_S = 30.0  # a whole run's clean: how long coders still at work may take to end
-
-
-def disk_usage(path: Path) -> int:
-    """Bytes under `path` (files counted once, symlinks not followed)."""
-    if path.is_symlink() or path.is_file():
-        return path.lstat().st_size
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(directory) / name).lstat().st_size
-            except FileNotFoundError:
-                continue
-    return total
 
 
 class Janitor:
@@ -176,11 +162,8 @@ class Janitor:
             if not path.exists() and not path.is_symlink():
                 record.remove(item)
                 return None
-            size = disk_usage(path)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            size = disk_usage(path) or 0
+            remove_tree(path)  # at any depth a build nested it, never following a symlink
             record.remove(item)
             return RemovedItem(what=item.kind, path=item.path, bytes_freed=size)
         except OSError as exc:
@@ -222,7 +205,7 @@ class Janitor:
         while pending:
             still: list[Resource] = []
             for item in pending:
-                size = disk_usage(Path(item.path))
+                size = disk_usage(Path(item.path)) or 0
                 try:
                     self.nix.delete([item.path])
                 except CommandFailed:

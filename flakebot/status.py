@@ -7,13 +7,13 @@ holds is `killed`), and its resources record for what it holds on disk now.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flakebot.journal import Journal, RunRow
 from flakebot.runstate import RunRecord
+from flakebot.trees import disk_usage
 from messages import CandidateResult, CrateCandidate, Deployment, RunEvent
 
 OUTCOMES = {
@@ -108,21 +108,3 @@ def held(home: Path, run_id: str) -> list[Held]:
             continue
         found.append(Held(item.kind, item.path, disk_usage(Path(item.path))))
     return found
-
-
-def disk_usage(path: Path) -> int | None:
-    """Bytes under `path` (symlinks not followed), or None if it is gone."""
-    try:
-        top = path.lstat()
-    except OSError:
-        return None
-    if not path.is_dir() or path.is_symlink():
-        return top.st_size
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                continue
-    return total
