@@ -33,36 +33,42 @@ def parse_diagnostics(cargo_stdout: str) -> list[Diagnostic]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested past the limit
             continue
-        if record.get("reason") != "compiler-message":
+        try:
+            diagnostic = _diagnostic(record)
+        except (AttributeError, TypeError, ValueError):
+            continue  # a line shaped like cargo's but not: a test may print anything
+        if diagnostic is None:
             continue
-        message = record.get("message") or {}
-        level = message.get("level")
-        text = str(message.get("message", ""))
-        spans = message.get("spans") or []
-        if level not in _LEVELS or (not spans and _SUMMARY_ONLY.match(text)):
-            continue
-        primary = next((span for span in spans if span.get("is_primary")), None)
-        code = (message.get("code") or {}).get("code")
-        file = primary.get("file_name") if primary else None
-        line_no = primary.get("line_start") if primary else None
-        key = (text, file, line_no, str(level))
-        if key in seen:
-            continue
-        seen.add(key)
-        found.append(
-            Diagnostic(
-                level=level,
-                code=code,
-                message=text,
-                file=file,
-                line=line_no,
-                column=primary.get("column_start") if primary else None,
-                rendered=message.get("rendered"),
-            )
-        )
+        key = (diagnostic.message, diagnostic.file, diagnostic.line, str(diagnostic.level))
+        if key not in seen:
+            seen.add(key)
+            found.append(diagnostic)
     return found
+
+
+def _diagnostic(record: object) -> Diagnostic | None:
+    """One compiler message (None for other records); AttributeError, TypeError or ValueError
+    for a record that is not shaped as cargo's are."""
+    if not isinstance(record, dict) or record.get("reason") != "compiler-message":
+        return None
+    message = record.get("message") or {}
+    level = message.get("level")
+    text = str(message.get("message", ""))
+    spans = message.get("spans") or []
+    if level not in _LEVELS or (not spans and _SUMMARY_ONLY.match(text)):
+        return None
+    primary = next((span for span in spans if span.get("is_primary")), None)
+    return Diagnostic(
+        level=level,
+        code=(message.get("code") or {}).get("code"),
+        message=text,
+        file=primary.get("file_name") if primary else None,
+        line=primary.get("line_start") if primary else None,
+        column=primary.get("column_start") if primary else None,
+        rendered=message.get("rendered"),
+    )
 
 
 def target_label(path: str) -> str:

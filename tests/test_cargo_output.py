@@ -106,3 +106,31 @@ def test_target_labels() -> None:
     assert target_label("src/bin/hexyl.rs") == "bin:hexyl"
     assert target_label("tests/cli.rs") == "cli"
     assert target_label("tests/suite/main.rs") == "suite"
+
+
+def test_lines_a_test_printed_in_cargos_shape_but_not_its_types_are_skipped() -> None:
+    """A test prints what it likes on stdout, where cargo's JSON goes: the tester must not crash."""
+    hostile = [
+        '{"reason": "compiler-message", "message": "x"}',
+        '{"reason": "compiler-message", "message": {"level": "error", "spans": "x"}}',
+        '{"reason": "compiler-message", "message": {"level": "error", "spans": [1]}}',
+        '{"reason": "compiler-message", "message": {"level": "error", "code": 3, "spans": []}}',
+        "[1]",
+        '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    ]
+    real = json.dumps(
+        {
+            "reason": "compiler-message",
+            "message": {
+                "level": "error",
+                "message": "mismatched types",
+                "code": {"code": "E0308"},
+                "spans": [{"is_primary": True, "file_name": "src/main.rs", "line_start": 3}],
+                "rendered": "error[E0308]",
+            },
+        }
+    )
+    found = parse_diagnostics("\n".join([*hostile, real]))
+    assert [(each.message, each.file, each.line) for each in found] == [
+        ("mismatched types", "src/main.rs", 3)
+    ]
