@@ -98,6 +98,10 @@ def clone_release(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"cloning {url} took longer than {timeout:g} s")
 
+    # the callback runs only as data arrives: a server that accepts and never answers is
+    # bounded by libgit2's own timeouts (milliseconds; process-wide, set for each clone)
+    pygit2.settings.server_connect_timeout = int(min(timeout, 30.0) * 1000)
+    pygit2.settings.server_timeout = int(timeout * 1000)
     try:
         repo = pygit2.clone_repository(url, str(path), callbacks=Deadline())
     except (pygit2.GitError, TimeoutError, ValueError, KeyError) as exc:
