@@ -24,6 +24,10 @@ HEADER = b"# v2 git bundle\n"
 _TYPES = {1: pygit2.enums.ObjectType.COMMIT, 2: pygit2.enums.ObjectType.TREE,
           3: pygit2.enums.ObjectType.BLOB, 4: pygit2.enums.ObjectType.TAG}  # fmt: skip
 _OFS_DELTA, _REF_DELTA = 6, 7
+# no file a fork commits is larger (flakebot.fork_sources.MAX_FILE_BYTES), and commits and trees
+# are far smaller; the sum bounds what reading one bundle may hold in memory
+MAX_OBJECT_BYTES = 64 * 1024 * 1024
+MAX_INFLATED_BYTES = 1024 * 1024 * 1024
 
 
 def write_bundle(repo: pygit2.Repository, refs: Sequence[str], path: Path) -> Path:
@@ -80,8 +84,17 @@ def _varint_size(data: bytes, position: int) -> tuple[int, int, int]:
 
 
 def _inflate(data: bytes, position: int) -> tuple[bytes, int]:
+    """One zlib stream of the pack, at most MAX_OBJECT_BYTES of it (a few compressed bytes can
+    stand for gigabytes: a bundle is read, never trusted to be small inside)."""
     stream = zlib.decompressobj()
-    out = stream.decompress(data[position:])
+    try:
+        out = stream.decompress(data[position:], MAX_OBJECT_BYTES + 1)
+    except zlib.error as exc:
+        raise BundleError(f"the bundle's pack has an unreadable entry: {exc}") from None
+    if len(out) > MAX_OBJECT_BYTES:
+        raise BundleError(f"the bundle holds an object of more than {MAX_OBJECT_BYTES} bytes")
+    if not stream.eof:
+        raise BundleError("the bundle's pack ends inside an entry")
     return out, len(data) - len(stream.unused_data)
 
 
@@ -111,6 +124,8 @@ def _apply_delta(base: bytes, delta: bytes) -> bytes:
             position += op
         else:
             raise BundleError("a delta in the bundle's pack has a reserved instruction")
+        if len(out) > MAX_OBJECT_BYTES:
+            raise BundleError(f"the bundle holds an object of more than {MAX_OBJECT_BYTES} bytes")
     return bytes(out)
 
 
@@ -123,6 +138,7 @@ def _unpack(pack: bytes, repo: pygit2.Repository) -> None:
     position = 12
     by_offset: dict[int, tuple[int, bytes]] = {}
     pending: list[tuple[int, bytes, bytes]] = []  # (offset, base oid, delta) for REF_DELTA
+    inflated = 0
     for _ in range(count):
         start = position
         kind, _, position = _varint_size(pack, position)
@@ -147,6 +163,9 @@ def _unpack(pack: bytes, repo: pygit2.Repository) -> None:
             by_offset[start] = (kind, body)
         else:
             raise BundleError(f"the bundle's pack has an entry of unknown type {kind}")
+        inflated += len(by_offset[start][1])
+        if inflated > MAX_INFLATED_BYTES:
+            raise BundleError(f"the bundle's objects come to more than {MAX_INFLATED_BYTES} bytes")
         repo.odb.write(_TYPES[by_offset[start][0]], by_offset[start][1])
     while pending:  # a REF_DELTA's base may itself arrive as a REF_DELTA
         waiting = [entry for entry in pending if pygit2.Oid(raw=entry[1]) not in repo.odb]

@@ -12,6 +12,8 @@ shows.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ log = structlog.get_logger()
 
 AUTHOR = pygit2.Signature("Flakebot", "flakebot@localhost")
 IGNORED_FROM_REGISTRY = shutil.ignore_patterns(".cargo-checksum.json", ".git", "target")
+MAX_FILE_BYTES = (
+    64 * 1024 * 1024
+)  # the largest file a fork's commit takes (bundle.MAX_OBJECT_BYTES)
 
 
 @dataclass(frozen=True)
@@ -160,12 +165,25 @@ def _files(crate_dir: Path) -> list[str]:
 
 
 def commit_all(repo: pygit2.Repository, message: str, *, force: Sequence[str] = ()) -> str:
-    """Commit everything in the work tree (deletions too); `force` adds ignored paths."""
+    """Commit everything in the work tree (deletions too); `force` adds ignored paths.
+
+    ForkError, committing nothing, for a file larger than MAX_FILE_BYTES: a build script can
+    make a sparse file of 64 GB that takes no disk, which git would read, store, and every
+    bundle of the fork would carry (and inflate back into memory where it is read)."""
     index = repo.index
+    changes = repo.status()
+    for path, status in changes.items():
+        if status & (pygit2.enums.FileStatus.WT_NEW | pygit2.enums.FileStatus.WT_MODIFIED):
+            with contextlib.suppress(OSError):
+                size = os.lstat(os.path.join(repo.workdir, path)).st_size
+                if size > MAX_FILE_BYTES:
+                    raise ForkError(
+                        f"{path} in the fork is {size} bytes, more than {MAX_FILE_BYTES}: "
+                        "it is not committed (a build script or an edit made it)",
+                        hint="write large outputs to the target dir, not into the crate",
+                    )
     deleted = [
-        path
-        for path, status in repo.status().items()
-        if status & pygit2.enums.FileStatus.WT_DELETED
+        path for path, status in changes.items() if status & pygit2.enums.FileStatus.WT_DELETED
     ]
     index.add_all()
     for path in deleted:
