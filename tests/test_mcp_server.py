@@ -387,3 +387,31 @@ def test_a_service_tool_is_sent_the_request(home: Path) -> None:
         server.server_close()
     down = caller.call(tool, {"path": "/"})
     assert down.is_error and "did not answer" in down.content[0].text  # type: ignore[union-attr]
+
+
+def test_build_tool_reads_spec_files_from_its_spec_dir_only(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A client could make the server (root) read any YAML or JSON file and quote it back in
+    the spec's errors."""
+    specs, elsewhere = tmp_path / "specs", tmp_path / "elsewhere"
+    specs.mkdir()
+    elsewhere.mkdir()
+    secret = elsewhere / "config.yaml"
+    secret.write_text("password: hunter2-s3cr3t: oops\n")
+    inside = specs / "broken.yaml"
+    inside.write_text("name: [unclosed\n")
+    app = serve(settings, spec_dir=specs)
+
+    async def session() -> None:
+        async with Client(app.server(), mode="legacy") as client:
+            for path in (secret, specs / ".." / "elsewhere" / "config.yaml"):
+                refused = await client.call_tool("build_tool", {"request": str(path)})
+                text = refused.content[0].text  # type: ignore[union-attr]
+                assert refused.is_error and f"outside {specs}" in text, text
+                assert "hunter2" not in text
+            inside_error = await client.call_tool("build_tool", {"request": str(inside)})
+            text = inside_error.content[0].text  # type: ignore[union-attr]
+            assert inside_error.is_error and "is not valid YAML" in text, text  # read: invalid
+
+    run(session)

@@ -47,6 +47,14 @@ def mcp_command(
         bool,
         typer.Option("--no-auth", help="HTTP: take requests without a token (loopback only)."),
     ] = False,
+    spec_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec-dir",
+            help="build_tool reads spec files from this directory and below only "
+            "(default: the working directory).",
+        ),
+    ] = None,
 ) -> None:
     """Serve MCP: build_tool, clean_tool, and every deployed tool of this home as a tool.
 
@@ -61,6 +69,7 @@ def mcp_command(
         registry=registry,
         address=address,
         candidates=candidates,
+        spec_dir=(spec_dir or Path.cwd()).resolve(),
     )
     http = HttpOptions(host=host, port=port, token_file=token_file, auth=not no_auth)
     serve(server, transport, http)

@@ -28,6 +28,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -50,7 +51,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from flakebot import __version__
 from flakebot.cancelling import start_finisher
 from flakebot.driver import Flakebot, new_run_id
-from flakebot.errors import FlakebotError, RunFailed
+from flakebot.errors import FlakebotError, RunFailed, SpecError
 from flakebot.janitor import Janitor
 from flakebot.journal import Entry, Journal
 from flakebot.manifest import to_markdown
@@ -74,6 +75,7 @@ from flakebot.mcp_server.own_tools import (
 from flakebot.nix import Nix
 from flakebot.planner import looks_like_spec_file
 from flakebot.settings import Settings
+from flakebot.specs import load_spec
 from messages import CleanupReport, CleanupRequest, RunEvent, TestReport, ToolManifest
 
 log = structlog.get_logger()
@@ -94,6 +96,9 @@ class FlakebotMCP:
     candidates: int = 3
     watch_interval_s: float = WATCH_INTERVAL_S
     present: Callable[[str], bool] = os.path.exists  # is a store path still there
+    # build_tool reads spec files from here and below only: a client may not make the server
+    # (root) read any YAML or JSON file of the machine and show it in its errors
+    spec_dir: Path = field(default_factory=lambda: Path.cwd().resolve())
     # stdio: the client ends the server with SIGTERM 2 s after closing its stdin, maybe while
     # Ray shuts down; Ray's own handler would print a stack trace to the client's log
     default_sigterm: bool = False
@@ -274,6 +279,16 @@ class FlakebotMCP:
             return invalid_arguments("build_tool", problems)
         bot = self._bot(arguments)
         request: str = arguments["request"]
+        if looks_like_spec_file(request):
+            if not Path(request).resolve().is_relative_to(self.spec_dir):
+                return tool_error(
+                    f"{request} is outside {self.spec_dir}, where this server reads spec files: "
+                    "put it there, or start the server with --spec-dir naming its directory"
+                )
+            try:  # a spec that does not validate is told at once, before a cluster is joined
+                load_spec(Path(request), new_run_id())
+            except SpecError as exc:
+                return tool_error(exc.message + (f"\nhint: {exc.hint}" if exc.hint else ""))
         if bot.model is None and self.settings.model is None and not looks_like_spec_file(request):
             return tool_error(
                 "this server has no model to plan a request in words: pass the path of a spec "
