@@ -31,6 +31,7 @@ from pathlib import Path
 
 import structlog
 
+from flakebot.cgroups import DEFAULT_TASKS, limited
 from flakebot.errors import ConfigError, ToolMissing
 from flakebot.priority import launcher
 from flakebot.proc import Completed, run
@@ -204,7 +205,8 @@ class Sandbox:
 
     toolchain: Toolchain
     read_only: tuple[Path, ...] = ()
-    memory_bytes: int = DEFAULT_MEMORY_BYTES
+    memory_bytes: int = DEFAULT_MEMORY_BYTES  # each process's address space, and all of them
+    tasks: int = DEFAULT_TASKS  # processes and threads at once (flakebot.cgroups)
     enabled: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -267,8 +269,9 @@ class Sandbox:
         if not self.enabled:
             argv = [*limit, *lowered, *map(str, command)]
             return run(argv, timeout=timeout, cwd=workdir, env=env, stdin=stdin)
-        with etc_files() as data_fds:
+        with etc_files() as data_fds, limited(self.memory_bytes, self.tasks) as group:
             argv = [
+                *(group.join_argv() if group is not None else []),
                 *limit,
                 *confinement(
                     read_only=[self.toolchain.root, *self.read_only],
@@ -282,13 +285,14 @@ class Sandbox:
                 *lowered,
                 *map(str, command),
             ]
-            return run(
+            done = run(
                 argv,
                 timeout=timeout,
                 env={"PATH": os.environ.get("PATH", "")},
                 stdin=stdin,
                 pass_fds=list(data_fds.values()),
             )
+            return group.told(done) if group is not None else done
 
 
 def _outermost(paths: Sequence[Path]) -> list[Path]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from flakebot.cgroups import Group, limited
 from flakebot.proc import CHUNK
 from flakebot.sandbox import etc_files
 from flakebot.tool_sandbox import ToolSandbox
@@ -92,17 +93,27 @@ def host(job: ServiceJob, listener: socket.socket) -> int:
     closure = tuple(job.closure)
     command, needed = relay_command(listener.fileno(), port, [job.bin_path, *args])
     workdir = Path(tempfile.mkdtemp(prefix="flakebot-service-"))
-    with etc_files() as data_fds:
-        argv = ToolSandbox(closure=closure).argv(
-            command, workdir=workdir, data_fds=data_fds, read_only=needed
-        )
-        sandbox = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            pass_fds=[listener.fileno(), *data_fds.values()],
-        )
+    tool = ToolSandbox(closure=closure)
+    with etc_files() as data_fds, limited(tool.memory_bytes, tool.tasks) as group:
+        argv = tool.argv(command, workdir=workdir, data_fds=data_fds, read_only=needed)
+        return _serve(argv, group, listener, workdir, data_fds)
+
+
+def _serve(
+    argv: list[str],
+    group: Group | None,
+    listener: socket.socket,
+    workdir: Path,
+    data_fds: dict[str, int],
+) -> int:
+    """Run the sandbox (in its cgroup) with its output copied to the log, until it ends."""
+    sandbox = subprocess.Popen(
+        [*(group.join_argv() if group is not None else []), *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        pass_fds=[listener.fileno(), *data_fds.values()],
+    )
     assert sandbox.stdout is not None
     logging = threading.Thread(
         target=copy_capped, args=(sandbox.stdout.fileno(), 1, LOG_LIMIT), daemon=True

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from flakebot.cgroups import DEFAULT_TASKS, limited
 from flakebot.errors import ConfigError
 from flakebot.proc import MAX_OUTPUT, Completed, run
 from flakebot.sandbox import (
@@ -101,6 +102,7 @@ class ToolSandbox:
 
     closure: tuple[str, ...]
     memory_bytes: int = DEFAULT_MEMORY_BYTES
+    tasks: int = DEFAULT_TASKS
 
     def __post_init__(self) -> None:
         require_bwrap()
@@ -140,10 +142,14 @@ class ToolSandbox:
     ) -> Completed:
         """Run `command` (the tool's path and arguments) in a fresh scratch dir holding `files`;
         its output is bounded as flakebot.proc.run bounds it."""
-        with scratch_dir(files) as workdir, etc_files() as data_fds:
+        with (
+            scratch_dir(files) as workdir,
+            etc_files() as data_fds,
+            limited(self.memory_bytes, self.tasks) as group,
+        ):
             argv = self.argv(command, workdir=workdir, data_fds=data_fds)
-            return run(
-                argv,
+            done = run(
+                [*(group.join_argv() if group is not None else []), *argv],
                 timeout=timeout,
                 env={"PATH": os.environ.get("PATH", "")},
                 stdin=stdin if stdin is not None else "",
@@ -151,3 +157,4 @@ class ToolSandbox:
                 max_output=max_output,
                 stop_at_limit=stop_at_limit,
             )
+            return group.told(done) if group is not None else done
