@@ -5,13 +5,16 @@ os.walk and shutil.rmtree recurse once per level and raise RecursionError past a
 and paths that deep pass PATH_MAX (4096 bytes), so any path-based walk fails with ENAMETOOLONG.
 Both functions here walk iteratively, holding one directory open at a time: they go down by name
 from the directory they hold (O_NOFOLLOW, so a symlink is never entered) and back up through its
-`..`, which is the directory they came from (nothing else runs in the tree meanwhile: the sandbox
-and its processes are gone). Symlinks are measured and removed as links, never followed.
+`..`, checking (device and inode) that it is the directory they came from. Should a process still
+running in the tree have moved the directory they hold (a clean that went ahead after its wait
+for a run's coders), `..` would be somewhere else, perhaps outside the tree: they stop there with
+an OSError rather than go on. Symlinks are measured and removed as links, never followed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -34,6 +37,7 @@ def disk_usage(path: Path) -> int | None:
         return 0
     total, subdirs = _scan(fd)
     pending = [subdirs]  # per level, the subdirectories still to visit
+    path_ids = [_identity(fd)]  # per level, the directory's (device, inode)
     try:
         while pending:
             if pending[-1]:
@@ -43,18 +47,36 @@ def disk_usage(path: Path) -> int | None:
                     continue
                 os.close(fd)
                 fd = child
+                path_ids.append(_identity(fd))
                 size, subdirs = _scan(fd)
                 total += size
                 pending.append(subdirs)
             else:
                 pending.pop()
+                path_ids.pop()
                 if pending:
-                    up = os.open("..", _DIR, dir_fd=fd)
-                    os.close(fd)
-                    fd = up
+                    fd = _up(fd, path_ids[-1])
+    except OSError:
+        pass  # the tree moved under the walk: what was counted so far
     finally:
         os.close(fd)
     return total
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _up(fd: int, expected: tuple[int, int]) -> int:
+    """The parent of the directory `fd` (then closed), which must be `expected`: the directory
+    the walk came down from. OSError, `fd` left open, if it is not (the tree was moved)."""
+    up = os.open("..", _DIR, dir_fd=fd)
+    if _identity(up) != expected:  # `fd` stays open: its holder closes it
+        os.close(up)
+        raise OSError(errno.ESTALE, "the directory tree was moved while it was walked")
+    os.close(fd)
+    return up
 
 
 def _scan(fd: int) -> tuple[int, list[str]]:
@@ -80,20 +102,25 @@ def remove_tree(path: Path) -> None:
             os.unlink(path.name, dir_fd=parent)
             return
         names = [path.name]
+        path_ids = [_identity(parent)]  # the (device, inode) of each directory above `fd`
         fd = os.open(path.name, _DIR, dir_fd=parent)
         try:
             while names:
                 subdir = _clear_files(fd)
                 if subdir is not None:  # down into it
                     child = os.open(subdir, _DIR, dir_fd=fd)
+                    path_ids.append(_identity(fd))
                     os.close(fd)
                     fd = child
                     names.append(subdir)
                     continue
                 emptied = names.pop()  # empty now: up, and remove it
-                up = os.open("..", _DIR, dir_fd=fd) if names else os.dup(parent)
-                os.close(fd)
-                fd = up
+                expected = path_ids.pop()
+                if names:
+                    fd = _up(fd, expected)
+                else:
+                    os.close(fd)
+                    fd = os.dup(parent)
                 os.rmdir(emptied, dir_fd=fd)
         finally:
             os.close(fd)

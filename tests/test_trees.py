@@ -87,3 +87,32 @@ def test_the_janitor_cleans_a_fork_a_build_nested_thousands_deep(
     report = Janitor(settings).clean(CleanupRequest(run_id="deep1"))
     assert report.failures == [] and not workspace.exists()
     assert [item.bytes_freed for item in report.removed] == [4 * 2_100]
+
+
+def test_a_tree_moved_during_its_removal_stops_it_before_anything_outside_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build still running moves the directory being cleared one level up: going back up
+    through `..` then lands in the run's directory, which the walk would have emptied."""
+    from flakebot import trees
+
+    run = tmp_path / "run1"
+    fork = run / "c1"
+    (fork / "c1" / "d").mkdir(parents=True)
+    (fork / "c1" / "d" / "f").write_text("x")
+    (run / "c2").mkdir()
+    (run / "c2" / "src.rs").write_text("another fork\n")
+    (run / "record.json").write_text("the run's record\n")
+    clear = trees._clear_files
+
+    def moving(fd: int) -> str | None:
+        held = fork / "c1" / "d"
+        if held.exists() and os.path.samestat(os.fstat(fd), os.stat(held)):
+            os.rename(held, fork / "d")  # what the build does meanwhile
+        return clear(fd)
+
+    monkeypatch.setattr(trees, "_clear_files", moving)
+    with pytest.raises(OSError, match="moved while it was walked"):
+        remove_tree(fork)
+    assert (run / "c2" / "src.rs").read_text() == "another fork\n"
+    assert (run / "record.json").read_text() == "the run's record\n"
