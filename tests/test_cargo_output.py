@@ -117,6 +117,7 @@ def test_lines_a_test_printed_in_cargos_shape_but_not_its_types_are_skipped() ->
         '{"reason": "compiler-message", "message": {"level": "error", "code": 3, "spans": []}}',
         "[1]",
         '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"a": ' + "9" * 5_000 + "}",  # past Python's int digits limit: a ValueError
     ]
     real = json.dumps(
         {
