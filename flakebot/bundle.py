@@ -60,7 +60,10 @@ def read_bundle(path: Path, repo: pygit2.Repository) -> dict[str, str]:
             raise BundleError(f"{path} needs prerequisite commits; only complete bundles are read")
         oid, ref = line.split(" ", 1)
         refs[ref] = oid
-    _unpack(data[header_end + 2 :], repo)
+    try:
+        _unpack(data[header_end + 2 :], repo)
+    except (IndexError, KeyError, ValueError) as exc:  # an offset or a delta out of its bounds
+        raise BundleError(f"{path} holds a malformed pack ({type(exc).__name__})") from None
     for ref, oid in refs.items():
         if pygit2.Oid(hex=oid) not in repo.odb:
             raise BundleError(f"{path} names {ref} at {oid}, which it does not contain")
@@ -156,6 +159,7 @@ def _unpack(pack: bytes, repo: pygit2.Repository) -> None:
         elif kind == _REF_DELTA:
             base_id = pack[position : position + 20]
             delta, position = _inflate(pack, position + 20)
+            inflated = _counted(inflated, len(delta))
             pending.append((start, base_id, delta))
             continue
         elif kind in _TYPES:
@@ -163,9 +167,7 @@ def _unpack(pack: bytes, repo: pygit2.Repository) -> None:
             by_offset[start] = (kind, body)
         else:
             raise BundleError(f"the bundle's pack has an entry of unknown type {kind}")
-        inflated += len(by_offset[start][1])
-        if inflated > MAX_INFLATED_BYTES:
-            raise BundleError(f"the bundle's objects come to more than {MAX_INFLATED_BYTES} bytes")
+        inflated = _counted(inflated, len(by_offset[start][1]))
         repo.odb.write(_TYPES[by_offset[start][0]], by_offset[start][1])
     while pending:  # a REF_DELTA's base may itself arrive as a REF_DELTA
         waiting = [entry for entry in pending if pygit2.Oid(raw=entry[1]) not in repo.odb]
@@ -174,5 +176,14 @@ def _unpack(pack: bytes, repo: pygit2.Repository) -> None:
         for _, base_id, delta in pending:
             if pygit2.Oid(raw=base_id) in repo.odb:
                 base_kind, base = repo.odb.read(pygit2.Oid(raw=base_id))[:2]
-                repo.odb.write(base_kind, _apply_delta(base, delta))
+                made = _apply_delta(base, delta)
+                inflated = _counted(inflated, len(made))
+                repo.odb.write(base_kind, made)
         pending = waiting
+
+
+def _counted(inflated: int, more: int) -> int:
+    """What reading the bundle has inflated so far; BundleError past MAX_INFLATED_BYTES."""
+    if inflated + more > MAX_INFLATED_BYTES:
+        raise BundleError(f"the bundle's objects come to more than {MAX_INFLATED_BYTES} bytes")
+    return inflated + more

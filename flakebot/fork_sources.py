@@ -172,16 +172,20 @@ def commit_all(repo: pygit2.Repository, message: str, *, force: Sequence[str] = 
     bundle of the fork would carry (and inflate back into memory where it is read)."""
     index = repo.index
     changes = repo.status()
-    for path, status in changes.items():
-        if status & (pygit2.enums.FileStatus.WT_NEW | pygit2.enums.FileStatus.WT_MODIFIED):
-            with contextlib.suppress(OSError):
-                size = os.lstat(os.path.join(repo.workdir, path)).st_size
-                if size > MAX_FILE_BYTES:
-                    raise ForkError(
-                        f"{path} in the fork is {size} bytes, more than {MAX_FILE_BYTES}: "
-                        "it is not committed (a build script or an edit made it)",
-                        hint="write large outputs to the target dir, not into the crate",
-                    )
+    added = (
+        pygit2.enums.FileStatus.WT_NEW
+        | pygit2.enums.FileStatus.WT_MODIFIED
+        | pygit2.enums.FileStatus.WT_TYPECHANGE  # a tracked symlink replaced by a file
+    )
+    for path in [path for path, status in changes.items() if status & added] + list(force):
+        with contextlib.suppress(OSError):
+            size = os.lstat(os.path.join(repo.workdir, path)).st_size
+            if size > MAX_FILE_BYTES:
+                raise ForkError(
+                    f"{path} in the fork is {size} bytes, more than {MAX_FILE_BYTES}: "
+                    "it is not committed (a build script or an edit made it)",
+                    hint="write large outputs to the target dir, not into the crate",
+                )
     deleted = [
         path for path, status in changes.items() if status & pygit2.enums.FileStatus.WT_DELETED
     ]
