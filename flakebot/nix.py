@@ -56,11 +56,13 @@ EXPERIMENTAL = ["--extra-experimental-features", "nix-command flakes"]
 BASE_SANDBOX_PATHS = ("/bin/sh", "/lib", "/lib64", "/usr")
 
 
-def build_users_group(*, building: bool = True) -> str:
+def build_users_group(*, building: bool = True) -> str | None:
     """The group whose users Nix builds as: `nixbld` for root (MachineNotReady if it has no
-    users, when `building`), none for another user (Nix builds as that user)."""
+    users, when `building`); None for another user, who leaves the setting to Nix's own
+    configuration (as a trusted user of a Nix daemon, an empty group would have the daemon,
+    root, build as root)."""
     if os.geteuid() != 0:
-        return ""
+        return None
     try:
         members = grp.getgrnam(BUILD_USERS_GROUP).gr_mem
     except KeyError:
@@ -81,13 +83,21 @@ def offline_options(
 ) -> list[str]:
     """Flags for Nix with no network and host paths bound into the build sandbox; `building`
     if the command may build (then as a build user, never as root: build_users_group)."""
-    options = [
-        "--option", "substituters", "",
-        "--option", "build-users-group", build_users_group(building=building),
-    ]  # fmt: skip
+    options = ["--option", "substituters", ""]
+    group = build_users_group(building=building)
+    if group is not None:
+        options += ["--option", "build-users-group", group]
+    if not building:  # evaluation builds nothing either (no import-from-derivation)
+        options += ["--option", "allow-import-from-derivation", "false"]
     if sandbox_paths:
         options += ["--option", "extra-sandbox-paths", " ".join(sandbox_paths)]
     return options
+
+
+def nix_env() -> dict[str, str]:
+    """The environment for `nix` commands that evaluate or build: this process's, without a
+    model's API key (Nix passes none to a builder, but evaluation and its own logs need none)."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("GROQ_")}
 
 
 def current_system() -> str:
@@ -212,7 +222,7 @@ class Nix:
         argv = self._build_argv(
             flake_ref, sandbox_paths=sandbox_paths, out_link=out_link, extra_args=extra_args
         )
-        done = run([*read_only_host(sandbox_paths), *argv], timeout=timeout)
+        done = run([*read_only_host(sandbox_paths), *argv], timeout=timeout, env=nix_env())
         if not done.ok:
             raise CommandFailed(argv, done.returncode, done.stderr[-4_000:])
         log.debug("flake_built", flake_ref=flake_ref, seconds=round(done.seconds, 2))
@@ -239,6 +249,7 @@ class Nix:
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,
+                env=nix_env(),
             )
         return BuildProcess(argv, process, output, log_path)
 
@@ -251,7 +262,7 @@ class Nix:
             *extra_args,
             installable,
         )
-        done = run(argv, timeout=300).check()
+        done = run(argv, timeout=300, env=nix_env()).check()
         return done.stdout.strip().splitlines()[-1]
 
     def outputs(self, drv_paths: Sequence[str]) -> list[str]:
@@ -285,7 +296,7 @@ class Nix:
             "--json",
             flake_ref,
         )
-        done = run(argv, timeout=120).check()
+        done = run(argv, timeout=120, env=nix_env()).check()
         path: str = json.loads(done.stdout)["path"]
         return path
 

@@ -51,7 +51,7 @@ from flakebot import services
 from flakebot.errors import FlakebotError
 from flakebot.home import check_id, private_umask, write_private
 from flakebot.logs import bind_context, configure_logging
-from flakebot.nix import BuildProcess, Nix
+from flakebot.nix import BuildProcess, Nix, nix_env
 from flakebot.proc import start_time
 from flakebot.runstate import RunRecord, all_runs
 
@@ -178,7 +178,7 @@ class Prebuild:
                 stderr=errors,
                 start_new_session=True,
                 text=True,
-                env={k: v for k, v in os.environ.items() if not k.startswith("GROQ_")},  # no key
+                env=nix_env(),  # no key
             )
         prebuild = cls(job, launcher)
         prebuild._told = threading.Thread(target=prebuild._hear, daemon=True)

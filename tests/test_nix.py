@@ -43,8 +43,10 @@ def _flake(tmp_path: Path, name: str) -> str:
 def test_offline_options_disable_substituters_and_bind_host_paths() -> None:
     options = offline_options(["/bin/sh", "/usr"])
     assert options[options.index("substituters") + 1] == ""
-    expected = BUILD_USERS_GROUP if os.geteuid() == 0 else ""  # root builds as a build user
-    assert options[options.index("build-users-group") + 1] == expected
+    if os.geteuid() == 0:  # root builds as a build user
+        assert options[options.index("build-users-group") + 1] == BUILD_USERS_GROUP
+    else:  # another user leaves it to Nix's configuration (a daemon's, if it uses one)
+        assert "build-users-group" not in options
     assert options[-1] == "/bin/sh /usr"
     assert "extra-sandbox-paths" not in offline_options(())
 
@@ -160,3 +162,16 @@ def test_root_without_build_users_builds_nothing_and_says_how_to_fix_it(
     assert build_users_group(building=False) == ""  # a query or a deletion runs no builder
     options = offline_options((), building=False)
     assert options[options.index("build-users-group") + 1] == ""
+    assert options[options.index("allow-import-from-derivation") + 1] == "false"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert build_users_group() is None and "build-users-group" not in offline_options(())
+
+
+def test_nix_runs_without_the_models_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flakebot.nix import nix_env
+
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_secretsecretsecret")
+    monkeypatch.setenv("GROQ_API_KEY_FILE", "/run/keys/groq")
+    env = nix_env()
+    assert "GROQ_API_KEY" not in env and "GROQ_API_KEY_FILE" not in env
+    assert env["PATH"] == os.environ["PATH"]  # the rest is this process's
