@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -44,6 +45,7 @@ _counter = itertools.count()
 _lock = threading.Lock()
 _unavailable_told = False
 _swept: set[Path] = set()  # parents whose dead processes' cgroups this process removed
+_v2_parents: dict[Path, Path] = {}  # this process's v2 cgroup -> where its sandboxes' go
 
 # The launcher: writes its pid into each cgroup, then becomes the command (nothing it starts is
 # ever outside). Its text is fixed; the command comes as argv, never through a shell.
@@ -118,7 +120,7 @@ def limited(memory_bytes: int, tasks: int = DEFAULT_TASKS) -> Iterator[Group | N
 
 def _make(memory_bytes: int, tasks: int) -> Group | None:
     global _unavailable_told
-    name = f"{os.getpid()}-{next(_counter)}"
+    name = f"{os.getpid()}-{next(_counter)}-{secrets.token_hex(3)}"  # pid first: see _sweep
     try:
         if (CGROUP_ROOT / "cgroup.controllers").is_file():
             return _make_v2(name, memory_bytes, tasks)
@@ -135,16 +137,33 @@ def _make(memory_bytes: int, tasks: int) -> Group | None:
         return None
 
 
+def own_cgroups(text: str | None = None) -> dict[str, str]:
+    """This process's cgroup in each hierarchy, from /proc/self/cgroup: controller (or "" for
+    the v2 hierarchy) -> path."""
+    if text is None:
+        text = Path("/proc/self/cgroup").read_text()
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            found[controller] = path
+    return found
+
+
 def _make_v2(name: str, memory_bytes: int, tasks: int) -> Group:
+    """Under this process's own cgroup, so that what limits Flakebot limits its sandboxes. The
+    v2 rule that a cgroup with processes has no controllers for its children can forbid that
+    (Flakebot is in it); then `flakebot/` is made at the top, with Flakebot's own limits copied
+    to it, all its sandboxes together bounded as Flakebot is."""
     controllers = (CGROUP_ROOT / "cgroup.controllers").read_text().split()
     if not {"memory", "pids"} <= set(controllers):
         raise OSError(f"cgroup v2 without the memory and pids controllers: {controllers}")
-    parent = CGROUP_ROOT / _PREFIX
+    own = CGROUP_ROOT / own_cgroups().get("", "/").lstrip("/")
     with _lock:
-        if parent not in _swept:
-            _enable(CGROUP_ROOT)
-            parent.mkdir(exist_ok=True)
-            _enable(parent)
+        parent = _v2_parents.get(own)
+        if parent is None:
+            parent = _v2_parent(own)
+            _v2_parents[own] = parent
             _sweep(parent)
     directory = parent / name
     directory.mkdir()
@@ -159,6 +178,26 @@ def _make_v2(name: str, memory_bytes: int, tasks: int) -> Group:
     return Group(directories=(directory,), memory=directory, v2=True)
 
 
+def _v2_parent(own: Path) -> Path:
+    if own != CGROUP_ROOT:
+        try:
+            _enable(own)
+            parent = own / _PREFIX
+            parent.mkdir(exist_ok=True)
+            _enable(parent)
+            return parent
+        except OSError as exc:
+            log.info("cgroup_under_own_refused", cgroup=str(own), error=exc.strerror)
+    _enable(CGROUP_ROOT)
+    parent = CGROUP_ROOT / _PREFIX
+    parent.mkdir(exist_ok=True)
+    _enable(parent)
+    for setting in ("memory.max", "pids.max"):  # Flakebot's own bounds, for them all
+        with contextlib.suppress(OSError):
+            (parent / setting).write_text((own / setting).read_text().strip())
+    return parent
+
+
 def _enable(directory: Path) -> None:
     control = directory / "cgroup.subtree_control"
     enabled = control.read_text().split()
@@ -168,13 +207,22 @@ def _enable(directory: Path) -> None:
 
 
 def _make_v1(name: str, memory_bytes: int, tasks: int) -> Group:
+    """Under this process's own cgroup of each hierarchy (v1 lets a cgroup with processes have
+    children), so that what limits Flakebot limits its sandboxes."""
+    own = own_cgroups()
     made: list[Path] = []
     try:
         for controller, settings in (
-            ("memory", {"memory.limit_in_bytes": memory_bytes}),
+            (
+                "memory",
+                {
+                    "memory.limit_in_bytes": memory_bytes,
+                    "memory.memsw.limit_in_bytes": memory_bytes,  # no swap beyond it either
+                },
+            ),
             ("pids", {"pids.max": tasks}),
         ):
-            parent = CGROUP_ROOT / controller / _PREFIX
+            parent = CGROUP_ROOT / controller / own.get(controller, "/").lstrip("/") / _PREFIX
             with _lock:
                 if parent not in _swept:
                     parent.mkdir(exist_ok=True)
@@ -183,7 +231,8 @@ def _make_v1(name: str, memory_bytes: int, tasks: int) -> Group:
             directory.mkdir()
             made.append(directory)
             for setting, value in settings.items():
-                (directory / setting).write_text(str(value))
+                if (directory / setting).exists():  # memsw only with swap accounting on
+                    (directory / setting).write_text(str(value))
     except OSError:
         for directory in made:
             _empty_and_remove(directory)
@@ -196,21 +245,32 @@ def _mib(value: int) -> int:
 
 
 def _sweep(parent: Path) -> None:
-    """Remove the cgroups of Flakebot processes that are gone (their pid is in the name)."""
+    """Remove the cgroups of Flakebot processes that are gone (their pid is in the name), and,
+    since this runs before this process makes any there, those named with its own pid (a
+    process that had it before)."""
     _swept.add(parent)
     for child in parent.iterdir():
         pid = child.name.partition("-")[0]
-        if child.is_dir() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if not child.is_dir() or not pid.isdigit():
+            continue
+        if int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists():
             _empty_and_remove(child)
 
 
 def _empty_and_remove(directory: Path, wait_s: float = 5.0) -> None:
+    """Kill what is inside (v2's cgroup.kill: all at once, no pid read and signalled later,
+    which a fork could outrun or the kernel could have given to another process), then rmdir."""
     deadline = time.monotonic() + wait_s
+    kill = directory / "cgroup.kill"
     while True:
-        with contextlib.suppress(OSError, ValueError):
-            for pid in (directory / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+        if kill.exists():
+            with contextlib.suppress(OSError):
+                kill.write_text("1")
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (directory / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
         try:
             directory.rmdir()
             return

@@ -73,8 +73,37 @@ def test_cgroups_of_a_flakebot_process_that_died_are_removed(
         parents = [directory.parent for directory in group.directories]
     dead = 2**22 + 17  # above pid_max's default: no process has it
     stale = [parent / f"{dead}-0" for parent in parents]
+    stale += [parent / f"{os.getpid()}-0" for parent in parents]  # an earlier process's pid
     for directory in stale:
         directory.mkdir()
     monkeypatch.setattr(cgroups, "_swept", set())
     with cgroups.limited(64 * MIB):
         assert not any(directory.exists() for directory in stale)
+
+
+def test_this_process_cgroups_are_read_for_v1_and_v2() -> None:
+    v1 = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/x\n0::/"
+    assert cgroups.own_cgroups(v1) == {
+        "name=systemd": "/",
+        "pids": "/",
+        "memory": "/process_api/abc",
+        "cpu": "/x",
+        "cpuacct": "/x",
+        "": "/",
+    }
+    assert cgroups.own_cgroups("0::/user.slice/session-1.scope") == {
+        "": "/user.slice/session-1.scope"
+    }
+
+
+def test_sandboxes_are_placed_under_flakebots_own_cgroup() -> None:
+    """What limits Flakebot (a container's or a unit's memory cap) limits its sandboxes."""
+    own = cgroups.own_cgroups()
+    with cgroups.limited(64 * MIB) as group:
+        assert group is not None
+        if group.v2:  # or at the top, with Flakebot's limits, where v2 forbids it
+            mine = cgroups.CGROUP_ROOT / own[""].lstrip("/")
+            assert group.memory.parent in (mine / "flakebot", cgroups.CGROUP_ROOT / "flakebot")
+        else:
+            memory = group.memory.relative_to(cgroups.CGROUP_ROOT / "memory")
+            assert memory.parent.parent == Path(own["memory"].lstrip("/"))
