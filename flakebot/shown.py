@@ -14,6 +14,7 @@ is quoted in and let what follows pass for the manifest's own words ("## Run it:
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # C0 but tab and newline, DEL, C1, and the bidi embeddings, overrides and isolates
 _HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -21,13 +22,23 @@ _BACKTICKS = re.compile(r"`+")
 
 
 def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return _escape(match.group())
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def visible(text: str) -> str:
-    """`text` with its control characters (but newline and tab) as visible escapes."""
-    return _HIDDEN.sub(_escaped, text)
+    """`text` with its control characters (but newline and tab) and its invisible format
+    characters (zero-width, bidi, tags) as visible escapes."""
+    shown = _HIDDEN.sub(_escaped, text)
+    if shown.isascii():
+        return shown
+    return "".join(_escape(char) if unicodedata.category(char) == "Cf" else char for char in shown)
 
 
 def fenced(text: str, info: str = "") -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -48,11 +49,6 @@ NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=100_000
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-# control characters (C0, DEL, C1) and the invisible format ones: zero-width, bidi marks,
-# embeddings, overrides and isolates, the word joiner family and the BOM
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
-
-
 def check_relative_path(value: str) -> str:
     """A path relative to the fork's root: no absolute paths, no '..', no backslashes, no
     control characters."""
@@ -60,7 +56,7 @@ def check_relative_path(value: str) -> str:
         raise ValueError("path must be non-empty and have no surrounding whitespace")
     if "\\" in value or "\x00" in value:
         raise ValueError(f"path {value!r} must use '/' separators and no NUL bytes")
-    if _CONTROL.search(value):
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in value):
         # a newline, an escape or a bidi override: it would forge lines in a commit message
         # or a manifest, or show a user another name than the file's
         raise ValueError(f"path {value!r} must not contain control or format characters")

@@ -104,7 +104,15 @@ def test_edit_paths_must_stay_inside_the_fork(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["src/a.rs`\n\n## Clean up", "src/a\x1b[2J.rs", "src/\u202egnp.rs", "src/a\x85.rs"]
+    "path",
+    [
+        "src/a.rs`\n\n## Clean up",
+        "src/a\x1b[2J.rs",
+        "src/\u202egnp.rs",
+        "src/a\x85.rs",
+        "src/\u061c.rs",
+        "src/a\U000e0041.rs",  # a tag character: invisible text a model still reads
+    ],
 )
 def test_edit_paths_have_no_control_characters(path: str) -> None:
     """A newline would forge a line of a commit message (which is read back) or a manifest."""
