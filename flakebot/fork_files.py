@@ -94,8 +94,11 @@ def links_outside(links: Mapping[str, str]) -> list[str]:
     through the tree's other links too. Normalising a link's own text is not enough: with
     `a/b/l -> ../..` inside, `x -> a/b/l/../../../etc` normalises to `etc` yet reaches the
     parent of the tree (its `..` applies to where `l` leads, not to `a/b/l`)."""
+    normal = {posixpath.normpath(path): target for path, target in links.items()}
     return sorted(
-        path for path, target in links.items() if not _resolves_inside(path, target, links)
+        path
+        for path, target in links.items()
+        if not _resolves_inside(posixpath.normpath(path), target, normal)
     )
 
 

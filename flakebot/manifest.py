@@ -10,6 +10,7 @@ It is saved as JSON and Markdown in FLAKEBOT_HOME/runs/<run>/.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from pydantic import JsonValue
@@ -183,7 +184,7 @@ def to_markdown(manifest: ToolManifest) -> str:
     lines = [
         f"# {manifest.name}",
         "",
-        _line(manifest.summary),
+        _paragraph(manifest.summary),
         "",
         "## Run it",
         "",
@@ -237,6 +238,23 @@ def to_markdown(manifest: ToolManifest) -> str:
 def _line(text: str) -> str:
     """Text of others' on one line of Markdown, its control characters shown."""
     return visible(" ".join(text.splitlines()))
+
+
+_BLOCK_START = re.compile(r"^(\s*)([#>+*=_~`|<-]|\d+(?=[.)]))")
+
+
+def _paragraph(text: str) -> str:
+    """`_line`, and kept a plain paragraph where it starts a block: a leading `#`, `>`, `-`,
+    a fence or a list number would make it a heading, a quote, a list or a code block that
+    runs to the page's end."""
+    line = _line(text).lstrip()
+    match = _BLOCK_START.match(line)
+    if match is None:
+        return line
+    if match.group(2).isdigit():  # "1." -> "1\." : a backslash before a digit is shown
+        end = match.end()
+        return line[:end] + "\\" + line[end:]
+    return "\\" + line
 
 
 def _shell_word(text: str) -> str:

