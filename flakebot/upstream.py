@@ -4,14 +4,17 @@ A `.crate` published with cargo carries `.cargo_vcs_info.json`: the commit (`git
 package's directory in the repository (`path_in_vcs`). `clone_release` clones the repository
 (pygit2, no hooks, a time limit) and puts the fork's branch at that commit, or, without one, at
 the version's tag (`v1.2.3`, `1.2.3`, `name-v1.2.3`). `differences` then checks that the packaged
-files are the repository's at that commit, so the fork's history is the real one and its tree is
-what was published; any mismatch (an unreachable host, no such commit, a file that differs) is a
-reason, and the caller falls back to the `.crate` and records it.
+files are the repository's at that commit, and that the repository builds nothing more (no build
+script, no source file under src/ that was not published), so the fork's history is the real one
+and what it builds is what was published; any mismatch (an unreachable host, no such commit, a
+file that differs or is extra) is a reason, and the caller falls back to the `.crate` and records
+it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import time
@@ -161,4 +164,29 @@ def differences(
             continue
         if ours is None or ours != theirs:
             differing.append(packaged)
+    published = set(files)
+    for extra in _built_files(package):
+        if extra not in published:
+            differing.append(f"{extra} (in the repository, not published)")
     return differing
+
+
+def _built_files(package: Path) -> list[str]:
+    """The package's build script and the files under its src/, relative to it (no symlink
+    followed): what the repository holds there beyond the published files would be compiled
+    into the tool (a build script run, a binary added) though never published. Tests,
+    benches, examples and other files a crate leaves out of its package are kept."""
+    found = ["build.rs"] if (package / "build.rs").is_file() else []
+    pending = (
+        [package / "src"]
+        if (package / "src").is_dir() and not (package / "src").is_symlink()
+        else []
+    )
+    while pending:
+        directory = pending.pop()
+        for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            else:
+                found.append(Path(entry.path).relative_to(package).as_posix())
+    return sorted(found)

@@ -164,3 +164,22 @@ def test_a_crates_own_cargo_config_is_replaced_whole(forker: Forker, tmp_path: P
     config = (cargo / "config.toml").read_text()
     assert "Written by flakebot" in config and str(tmp_path / "registry") in config
     assert "runner" not in config
+
+
+def test_an_upstream_that_builds_more_than_was_published_is_not_cloned(
+    forker: Forker, tmp_path: Path
+) -> None:
+    """The repository adds a build script and a binary that the published crate lacks: a fork of
+    it would run and build code that was never published, under the published name."""
+    files = {
+        "src/main.rs": "fn main() {}\n",
+        "build.rs": "fn main() { /* never published */ }\n",
+        "src/bin/extra.rs": "fn main() {}\n",
+        "tests/upstream_only.rs": "#[test]\nfn t() {}\n",
+    }
+    _, workspace, _, _ = fork_upstream(forker, tmp_path, "extra", "0.1.0", files)
+    assert workspace.origin == "registry-source"
+    note = workspace.source.note if workspace.source else ""
+    assert "build.rs (in the repository, not published)" in note
+    assert "src/bin/extra.rs (in the repository, not published)" in note
+    assert not (Path(workspace.path) / "build.rs").exists()
