@@ -54,6 +54,19 @@ def everywhere(_: str) -> bool:
     return True
 
 
+def test_a_renamed_tool_never_shadows_a_tool_named_like_it(home: Path) -> None:
+    """Two runs named hexview become hexview-aaaaaa and hexview-bbbbbb; a third spec named
+    hexview-aaaaaa was silently replaced by one of them."""
+    deploy(home, "run-20261206-100000-aaaaaa")
+    deploy(home, "run-20261206-100001-bbbbbb")
+    deploy(home, "run-20261206-100002-cccccc", name="hexview-aaaaaa")
+    catalog = Catalog.load(home, everywhere)
+    assert len(catalog.names()) == 3
+    assert catalog.get("hexview-aaaaaa").run_id == "run-20261206-100002-cccccc"  # type: ignore[union-attr]
+    assert catalog.get("hexview-run-20261206-100000-aaaaaa") is not None
+    assert catalog.get("hexview-bbbbbb").run_id == "run-20261206-100001-bbbbbb"  # type: ignore[union-attr]
+
+
 def test_the_catalog_lists_live_runs_and_names_duplicates_apart(home: Path) -> None:
     deploy(home, "run-20261206-100000-aaaaaa")
     deploy(home, "run-20261206-100001-bbbbbb")

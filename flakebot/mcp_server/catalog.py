@@ -12,10 +12,11 @@ names are reserved.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,11 +89,18 @@ class Catalog:
             if manifest is not None and manifest.run_id == record.run_id:
                 live.append((record.run_id, manifest))
         counts = Counter(manifest.name for _, manifest in live)
+        plain = {name for name, count in counts.items() if count == 1 and name not in RESERVED}
+        used = set(plain) | set(RESERVED)
         tools = []
         for run_id, manifest in live:
             name = manifest.name
-            if counts[name] > 1 or name in RESERVED:
-                name = f"{name}-{run_id[-6:]}"
+            if name not in plain:  # shared or reserved: told apart by its run, never shadowing
+                name = next(
+                    choice
+                    for choice in _renamings(name, run_id)
+                    if choice not in used  # a tool another spec is named after
+                )
+                used.add(name)
             tools.append(DeployedTool(name=name, run_id=run_id, manifest=manifest))
         return cls(tools)
 
@@ -107,3 +115,11 @@ class Catalog:
 
     def names(self) -> list[str]:
         return sorted(self.tools)
+
+
+def _renamings(name: str, run_id: str) -> Iterator[str]:
+    """Names for a tool whose own is shared or reserved: with its run's last six characters,
+    its whole run id, then numbered."""
+    yield f"{name}-{run_id[-6:]}"
+    yield f"{name}-{run_id}"
+    yield from (f"{name}-{run_id}-{number}" for number in itertools.count(2))
