@@ -39,6 +39,7 @@ from pathlib import Path
 
 import structlog
 
+from flakebot.cgroups import DEFAULT_TASKS, limited
 from flakebot.errors import CommandFailed, MachineNotReady
 from flakebot.proc import run, which
 from flakebot.sandbox import require_bwrap
@@ -52,6 +53,9 @@ BUILD_USERS_HINT = (
     "(groupadd --system nixbld; useradd --system --gid nixbld --groups nixbld ... nixbldN)"
 )
 EXPERIMENTAL = ["--extra-experimental-features", "nix-command flakes"]
+# A build's whole process tree (nix, its builder, cargo and rustc, the crate's build scripts).
+BUILD_MEMORY_BYTES = 8 * 1024**3
+BUILD_TASKS = DEFAULT_TASKS
 # What a sandboxed builder needs from the host to run /bin/sh and dynamically linked programs.
 BASE_SANDBOX_PATHS = ("/bin/sh", "/lib", "/lib64", "/usr")
 
@@ -222,7 +226,12 @@ class Nix:
         argv = self._build_argv(
             flake_ref, sandbox_paths=sandbox_paths, out_link=out_link, extra_args=extra_args
         )
-        done = run([*read_only_host(sandbox_paths), *argv], timeout=timeout, env=nix_env())
+        with limited(BUILD_MEMORY_BYTES, BUILD_TASKS) as group:  # it runs the crate's build scripts
+            join = group.join_argv() if group is not None else []
+            done = run(
+                [*join, *read_only_host(sandbox_paths), *argv], timeout=timeout, env=nix_env()
+            )
+            done = group.told(done) if group is not None else done
         if not done.ok:
             raise CommandFailed(argv, done.returncode, done.stderr[-4_000:])
         log.debug("flake_built", flake_ref=flake_ref, seconds=round(done.seconds, 2))
@@ -235,16 +244,18 @@ class Nix:
         sandbox_paths: Sequence[str],
         extra_args: Sequence[str],
         output: Path,
+        join: Sequence[str] = (),
     ) -> BuildProcess:
-        """`nix build --no-link` started in the background, wrapped as `build` wraps it; its
-        JSON goes to `output`, its log to `output` with the suffix `.log`."""
+        """`nix build --no-link` started in the background, wrapped as `build` wraps it (`join`:
+        the prefix that puts it in its caller's cgroup, flakebot.cgroups); its JSON goes to
+        `output`, its log to `output` with the suffix `.log`."""
         argv = self._build_argv(
             installable, sandbox_paths=sandbox_paths, out_link=None, extra_args=extra_args
         )
         log_path = output.with_suffix(".log")
         with output.open("wb") as stdout, log_path.open("wb") as stderr:
             process = subprocess.Popen(
-                [*read_only_host(sandbox_paths), *argv],
+                [*join, *read_only_host(sandbox_paths), *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,

@@ -48,10 +48,11 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from flakebot import services
+from flakebot.cgroups import limited
 from flakebot.errors import FlakebotError
 from flakebot.home import check_id, private_umask, write_private
 from flakebot.logs import bind_context, configure_logging
-from flakebot.nix import BuildProcess, Nix, nix_env
+from flakebot.nix import BUILD_MEMORY_BYTES, BUILD_TASKS, BuildProcess, Nix, nix_env
 from flakebot.proc import start_time
 from flakebot.runstate import RunRecord, all_runs
 
@@ -244,14 +245,16 @@ class Runner:
         store_path, detail = None, ""
         try:
             drv = self.nix.derivation(installable, self.job.extra_args)
-            if not self.stopping.is_set():
-                build = self.nix.start_build(
-                    installable,
-                    sandbox_paths=self.job.sandbox_paths,
-                    extra_args=self.job.extra_args,
-                    output=Path(self.job.directory) / "build.json",
-                )
-            state = self._follow(build, started) if build is not None else "stopped"
+            with limited(BUILD_MEMORY_BYTES, BUILD_TASKS) as group:  # its whole tree, as a deploy's
+                if not self.stopping.is_set():
+                    build = self.nix.start_build(
+                        installable,
+                        sandbox_paths=self.job.sandbox_paths,
+                        extra_args=self.job.extra_args,
+                        output=Path(self.job.directory) / "build.json",
+                        join=group.join_argv() if group is not None else (),
+                    )
+                state = self._follow(build, started) if build is not None else "stopped"
             if build is not None and state == "built":
                 store_path = build.result().out_paths["out"]
             elif build is not None and state == "failed":

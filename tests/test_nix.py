@@ -5,11 +5,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import secrets
 from pathlib import Path
 
 import pytest
 
-from flakebot.errors import MachineNotReady
+from flakebot.errors import CommandFailed, MachineNotReady
 from flakebot.nix import (
     BASE_SANDBOX_PATHS,
     BUILD_USERS_GROUP,
@@ -175,3 +176,34 @@ def test_nix_runs_without_the_models_key(monkeypatch: pytest.MonkeyPatch) -> Non
     env = nix_env()
     assert "GROQ_API_KEY" not in env and "GROQ_API_KEY_FILE" not in env
     assert env["PATH"] == os.environ["PATH"]  # the rest is this process's
+
+
+FORKING = """{
+  outputs = { self }: {
+    packages.SYSTEM.default = derivation {
+      name = "flakebot-test-forks-NONCE";
+      system = "SYSTEM";
+      builder = "/bin/sh";
+      args = [ "-c" ''
+        i=0
+        while [ $i -lt 200 ]; do /usr/bin/sleep 2 & i=$((i + 1)); done
+        echo done > $out
+      '' ];
+    };
+  };
+}
+"""
+
+
+def test_a_build_forking_without_end_stops_at_the_task_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build script runs at deploy time too, in Nix's builder: its tree is in a cgroup."""
+    from flakebot import nix as nix_module
+
+    monkeypatch.setattr(nix_module, "BUILD_TASKS", 48)
+    nonce = secrets.token_hex(6)  # a derivation never built before: Nix would not build it again
+    text = FORKING.replace("SYSTEM", current_system()).replace("NONCE", nonce)
+    (tmp_path / "flake.nix").write_text(text)
+    with pytest.raises(CommandFailed, match=r"(?i)can(no|')t fork"):  # dash gives up there
+        Nix().build(f"path:{tmp_path}", timeout=300)
