@@ -20,25 +20,30 @@ from flakebot.nix import (
     offline_options,
 )
 
-FLAKE = """{
+
+def shell_flake(directory: Path, name: str, script: str) -> str:
+    """A flake at `directory` whose package runs `script` in /bin/sh as its builder (a fresh
+    derivation for each name: Nix does not build one again); its `path:` reference."""
+    directory.mkdir(parents=True, exist_ok=True)
+    body = "\n".join(f"        {line}" for line in script.strip().splitlines())
+    text = SHELL_FLAKE.replace("SYSTEM", current_system()).replace("NAME", name)
+    (directory / "flake.nix").write_text(text.replace("SCRIPT", body))
+    return f"path:{directory}"
+
+
+SHELL_FLAKE = """{
   outputs = { self }: {
     packages.SYSTEM.default = derivation {
-      name = "flakebot-test-NAME";
+      name = "NAME";
       system = "SYSTEM";
       builder = "/bin/sh";
-      args = [ "-c" "echo NAME > $out" ];
+      args = [ "-c" ''
+SCRIPT
+      '' ];
     };
   };
 }
 """
-
-
-def _flake(tmp_path: Path, name: str) -> str:
-    directory = tmp_path / name
-    directory.mkdir()
-    text = FLAKE.replace("SYSTEM", current_system()).replace("NAME", name)
-    (directory / "flake.nix").write_text(text)
-    return f"path:{directory}"
 
 
 def test_offline_options_disable_substituters_and_bind_host_paths() -> None:
@@ -55,7 +60,10 @@ def test_offline_options_disable_substituters_and_bind_host_paths() -> None:
 def test_delete_removes_only_the_paths_named(tmp_path: Path) -> None:
     nix = Nix()
     unique = tmp_path.name.replace("_", "-")[-20:]
-    first_ref, second_ref = _flake(tmp_path, f"a-{unique}"), _flake(tmp_path, f"b-{unique}")
+    first_ref, second_ref = (
+        shell_flake(tmp_path / name, f"flakebot-test-{name}", f"echo {name} > $out")
+        for name in (f"a-{unique}", f"b-{unique}")
+    )
     sources = [nix.source_path(first_ref), nix.source_path(second_ref)]
     first = nix.build(first_ref, timeout=300)
     second = nix.build(second_ref, timeout=300)
@@ -73,36 +81,21 @@ def test_delete_removes_only_the_paths_named(tmp_path: Path) -> None:
     assert not any(Path(source).exists() for source in sources)
 
 
-BUILDER_WRITES = """{
-  outputs = { self }: {
-    packages.SYSTEM.default = derivation {
-      name = "flakebot-test-builder-writes";
-      system = "SYSTEM";
-      builder = "/bin/sh";
-      args = [ "-c" ''
-        for target in TARGETS; do
-          (echo escaped > "$target" && echo "wrote $target") >> $out 2>&1 || true
-        done
-        echo done >> $out
-      '' ];
-    };
-  };
-}
-"""
-
-
 def test_a_builder_cannot_write_the_host_paths_bound_into_its_sandbox(tmp_path: Path) -> None:
     """Nix binds extra-sandbox-paths writable for a root builder; Flakebot's build makes them
     read-only, so a build script in a fork cannot change /usr or the Rust toolchain."""
     toolchain = tmp_path / "toolchain"
     (toolchain / "bin").mkdir(parents=True)
     targets = [f"/usr/local/flakebot-escaped-{tmp_path.name}", str(toolchain / "bin" / "cargo")]
-    directory = tmp_path / "flake"
-    directory.mkdir()
-    text = BUILDER_WRITES.replace("SYSTEM", current_system()).replace("TARGETS", " ".join(targets))
-    (directory / "flake.nix").write_text(text)
+    script = f"""
+for target in {" ".join(targets)}; do
+  (echo escaped > "$target" && echo "wrote $target") >> $out 2>&1 || true
+done
+echo done >> $out
+"""
+    flake = shell_flake(tmp_path / "flake", "flakebot-test-builder-writes", script)
     nix = Nix()
-    built = nix.build(f"path:{directory}", sandbox_paths=[*BASE_SANDBOX_PATHS, str(toolchain)])
+    built = nix.build(flake, sandbox_paths=[*BASE_SANDBOX_PATHS, str(toolchain)])
     out = built.out_paths["out"]
     try:
         log = Path(out).read_text()
@@ -112,33 +105,20 @@ def test_a_builder_cannot_write_the_host_paths_bound_into_its_sandbox(tmp_path: 
         nix.delete([out, built.drv_path])
 
 
-BUILDER_AS_ROOT = """{
-  outputs = { self }: {
-    packages.SYSTEM.default = derivation {
-      name = "flakebot-test-builder-uid-NONCE";
-      system = "SYSTEM";
-      builder = "/bin/sh";
-      args = [ "-c" ''
-        read -r inside host count < /proc/self/uid_map
-        echo "host-uid $host" >> $out
-        v=$(cat /proc/sys/kernel/core_pattern)
-        (printf '%s' "$v" > /proc/sys/kernel/core_pattern && echo sysctl-written) >> $out 2>&1
-        echo done >> $out
-      '' ];
-    };
-  };
-}
-"""
-
-
 def test_a_builder_is_not_root_on_the_host(tmp_path: Path) -> None:
     """A builder mapped to uid 0 could write /proc/sys (kernel.core_pattern: a program the kernel
     runs as root on the host). As root, Nix builds as a nixbld user. (A failing run writes back
     the same value.)"""
-    text = BUILDER_AS_ROOT.replace("SYSTEM", current_system()).replace("NONCE", tmp_path.name[-12:])
-    (tmp_path / "flake.nix").write_text(text)
+    script = """
+read -r inside host count < /proc/self/uid_map
+echo "host-uid $host" >> $out
+v=$(cat /proc/sys/kernel/core_pattern)
+(printf '%s' "$v" > /proc/sys/kernel/core_pattern && echo sysctl-written) >> $out 2>&1
+echo done >> $out
+"""
+    flake = shell_flake(tmp_path, f"flakebot-test-builder-uid-{secrets.token_hex(6)}", script)
     nix = Nix()
-    built = nix.build(f"path:{tmp_path}", timeout=300)
+    built = nix.build(flake, timeout=300)
     out = built.out_paths["out"]
     try:
         log = Path(out).read_text()
@@ -178,23 +158,6 @@ def test_nix_runs_without_the_models_key(monkeypatch: pytest.MonkeyPatch) -> Non
     assert env["PATH"] == os.environ["PATH"]  # the rest is this process's
 
 
-FORKING = """{
-  outputs = { self }: {
-    packages.SYSTEM.default = derivation {
-      name = "flakebot-test-forks-NONCE";
-      system = "SYSTEM";
-      builder = "/bin/sh";
-      args = [ "-c" ''
-        i=0
-        while [ $i -lt 200 ]; do /usr/bin/sleep 2 & i=$((i + 1)); done
-        echo done > $out
-      '' ];
-    };
-  };
-}
-"""
-
-
 def test_a_build_forking_without_end_stops_at_the_task_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,8 +165,11 @@ def test_a_build_forking_without_end_stops_at_the_task_limit(
     from flakebot import nix as nix_module
 
     monkeypatch.setattr(nix_module, "BUILD_TASKS", 48)
-    nonce = secrets.token_hex(6)  # a derivation never built before: Nix would not build it again
-    text = FORKING.replace("SYSTEM", current_system()).replace("NONCE", nonce)
-    (tmp_path / "flake.nix").write_text(text)
+    script = """
+i=0
+while [ $i -lt 200 ]; do /usr/bin/sleep 2 & i=$((i + 1)); done
+echo done > $out
+"""
+    flake = shell_flake(tmp_path, f"flakebot-test-forks-{secrets.token_hex(6)}", script)
     with pytest.raises(CommandFailed, match=r"(?i)can(no|')t fork"):  # dash gives up there
-        Nix().build(f"path:{tmp_path}", timeout=300)
+        Nix().build(flake, timeout=300)
