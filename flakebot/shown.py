@@ -1,4 +1,4 @@
-"""Text that others wrote (a model, a crate, a deployed tool), made safe to show.
+"""Text that others wrote (a model, a crate, a deployed tool, a file's name), made safe to show.
 
 On a terminal, an escape sequence in a compiler message, a model's summary or a tool's `--help`
 would be obeyed, not shown: clear the screen, retitle the window, hide the lines that follow or
@@ -30,6 +30,12 @@ def _escape(char: str) -> str:
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """`text` as it can be shown: bytes that were not UTF-8 (a file name's, kept by Python as
+    lone surrogates) as escapes."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def visible(text: str) -> str:

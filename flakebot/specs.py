@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from flakebot.errors import SpecError
 from flakebot.matching import check_spec_patterns
+from flakebot.shown import printable
 from messages import ToolSpec
 
 _SUPPLIED = ("kind", "run_id", "protocol_version")
@@ -68,8 +69,3 @@ def load_spec(path: Path, run_id: str) -> ToolSpec:
         raise SpecError(f"{shown} is nested too deeply to be a tool spec") from None
     check_spec_patterns(spec)
     return spec
-
-
-def printable(text: str) -> str:
-    """`text` as it can be shown: bytes that were not UTF-8 (a file name's) as escapes."""
-    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")

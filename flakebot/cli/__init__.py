@@ -36,8 +36,7 @@ from flakebot.home import ensure_home, private_umask, write_private
 from flakebot.logs import configure_logging
 from flakebot.redact import redact
 from flakebot.settings import Settings
-from flakebot.shown import visible
-from flakebot.specs import printable
+from flakebot.shown import printable, visible
 from messages import PROTOCOL_VERSION
 
 app = typer.Typer(
