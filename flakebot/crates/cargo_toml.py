@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from flakebot import fork_files
 from flakebot.errors import ManifestError
 from flakebot.fork_files import UnsafePath, read_regular
 
@@ -190,25 +191,15 @@ def _has_lib(path: Path, manifest: dict[str, object]) -> bool:
     return autolib is not False and _own_file(path, "src/lib.rs")
 
 
-def _own(path: Path, relative: str) -> Path | None:
-    """`path / relative` if no part of `relative` is a symlink: a crate's tree (or a fork a build
-    has written to) may point `src` at a host directory, whose listing must not be read."""
-    current = path
-    for part in relative.split("/"):
-        current = current / part
-        if current.is_symlink():
-            return None
-    return current
-
-
 def _own_file(path: Path, relative: str) -> bool:
-    found = _own(path, relative)
-    return found is not None and found.is_file()
+    """Is `relative` a file of the crate's own, reached through no symlink? A crate's tree (or
+    a fork a build has written to) may point `src` at a host directory, whose listing must not
+    be read."""
+    return fork_files.kind(path, relative) == "file"
 
 
 def _own_dir(path: Path, relative: str) -> bool:
-    found = _own(path, relative)
-    return found is not None and found.is_dir()
+    return fork_files.kind(path, relative) == "dir"
 
 
 def _features(manifest: dict[str, object]) -> dict[str, tuple[str, ...]]:
