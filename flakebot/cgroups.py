@@ -66,7 +66,15 @@ class Group:
     memory: Path  # the directory holding the memory controller's files
     v2: bool
 
+    @property
+    def active(self) -> bool:
+        """False for NO_GROUP: no cgroup could be made, the command runs with prlimit alone."""
+        return bool(self.directories)
+
     def join_argv(self) -> list[str]:
+        """The prefix that starts a command inside (nothing for NO_GROUP)."""
+        if not self.active:
+            return []
         procs = [str(directory / "cgroup.procs") for directory in self.directories]
         return [sys.executable, "-I", "-S", "-c", JOIN, *procs, "--"]
 
@@ -83,7 +91,7 @@ class Group:
     def told(self, done: Completed) -> Completed:
         """`done`, with a line on its stderr if the kernel killed a process inside for memory
         (what the model or the user sees: a bare SIGKILL says nothing)."""
-        kills = self.oom_kills()
+        kills = self.oom_kills() if self.active else 0
         if not kills:
             return done
         note = (
@@ -106,16 +114,18 @@ class Group:
             _empty_and_remove(directory)
 
 
+NO_GROUP = Group(directories=(), memory=Path("/nonexistent"), v2=False)
+
+
 @contextlib.contextmanager
-def limited(memory_bytes: int, tasks: int = DEFAULT_TASKS) -> Iterator[Group | None]:
-    """A fresh cgroup limited to `memory_bytes` and `tasks`, removed afterwards; None (and the
+def limited(memory_bytes: int, tasks: int = DEFAULT_TASKS) -> Iterator[Group]:
+    """A fresh cgroup limited to `memory_bytes` and `tasks`, removed afterwards; NO_GROUP (the
     command runs with per-process limits only) where cgroups cannot be made."""
-    group = _make(memory_bytes, tasks)
+    group = _make(memory_bytes, tasks) or NO_GROUP
     try:
         yield group
     finally:
-        if group is not None:
-            group.remove()
+        group.remove()
 
 
 def _make(memory_bytes: int, tasks: int) -> Group | None:

@@ -227,11 +227,12 @@ class Nix:
             flake_ref, sandbox_paths=sandbox_paths, out_link=out_link, extra_args=extra_args
         )
         with limited(BUILD_MEMORY_BYTES, BUILD_TASKS) as group:  # it runs the crate's build scripts
-            join = group.join_argv() if group is not None else []
             done = run(
-                [*join, *read_only_host(sandbox_paths), *argv], timeout=timeout, env=nix_env()
+                [*group.join_argv(), *read_only_host(sandbox_paths), *argv],
+                timeout=timeout,
+                env=nix_env(),
             )
-            done = group.told(done) if group is not None else done
+            done = group.told(done)
         if not done.ok:
             raise CommandFailed(argv, done.returncode, done.stderr[-4_000:])
         log.debug("flake_built", flake_ref=flake_ref, seconds=round(done.seconds, 2))

@@ -252,7 +252,7 @@ class Runner:
                         sandbox_paths=self.job.sandbox_paths,
                         extra_args=self.job.extra_args,
                         output=Path(self.job.directory) / "build.json",
-                        join=group.join_argv() if group is not None else (),
+                        join=group.join_argv(),
                     )
                 state = self._follow(build, started) if build is not None else "stopped"
             if build is not None and state == "built":

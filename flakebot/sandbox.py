@@ -271,7 +271,7 @@ class Sandbox:
             return run(argv, timeout=timeout, cwd=workdir, env=env, stdin=stdin)
         with etc_files() as data_fds, limited(self.memory_bytes, self.tasks) as group:
             argv = [
-                *(group.join_argv() if group is not None else []),
+                *group.join_argv(),
                 *limit,
                 *confinement(
                     read_only=[self.toolchain.root, *self.read_only],
@@ -292,7 +292,7 @@ class Sandbox:
                 stdin=stdin,
                 pass_fds=list(data_fds.values()),
             )
-            return group.told(done) if group is not None else done
+            return group.told(done)
 
 
 def _outermost(paths: Sequence[Path]) -> list[Path]:

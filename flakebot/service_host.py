@@ -101,14 +101,14 @@ def host(job: ServiceJob, listener: socket.socket) -> int:
 
 def _serve(
     argv: list[str],
-    group: Group | None,
+    group: Group,
     listener: socket.socket,
     workdir: Path,
     data_fds: dict[str, int],
 ) -> int:
     """Run the sandbox (in its cgroup) with its output copied to the log, until it ends."""
     sandbox = subprocess.Popen(
-        [*(group.join_argv() if group is not None else []), *argv],
+        [*group.join_argv(), *argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

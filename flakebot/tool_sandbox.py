@@ -149,7 +149,7 @@ class ToolSandbox:
         ):
             argv = self.argv(command, workdir=workdir, data_fds=data_fds)
             done = run(
-                [*(group.join_argv() if group is not None else []), *argv],
+                [*group.join_argv(), *argv],
                 timeout=timeout,
                 env={"PATH": os.environ.get("PATH", "")},
                 stdin=stdin if stdin is not None else "",
@@ -157,4 +157,4 @@ class ToolSandbox:
                 max_output=max_output,
                 stop_at_limit=stop_at_limit,
             )
-            return group.told(done) if group is not None else done
+            return group.told(done)
